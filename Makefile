@@ -1,0 +1,52 @@
+# ftpalg: the README's commands live here.
+#   make demo   the namespace lab: ftpalg on a router, a passive and an active transfer through NAT
+#   make test   everything CI runs: gofmt, go vet, all tests with the race detector (root: e2e too)
+
+export PATH := /usr/local/go/bin:$(PATH)
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+FUZZTIME ?= 10s
+
+.PHONY: all build deps test fmt-check vet unit fuzz-short fuzz demo bench clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ftpalg ./cmd/ftpalg
+
+deps:
+	bash .ci/deps
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+# Every Fuzz target for a short budget each, seeded from testdata/fuzz.
+fuzz-short:
+	@set -e; for pkg in ./alg ./nat; do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+fuzz:
+	$(MAKE) fuzz-short FUZZTIME=5m
+
+test: fmt-check vet unit
+
+demo: deps build
+	$(GO) run ./e2e/cmd/demo -ftpalg bin/ftpalg
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./alg ./nat
+
+clean:
+	rm -rf bin

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/conntrack/queue"
+	"github.com/ftpalg/ftpalg/conntrack/rules"
+)
+
+type daemon struct {
+	cfg     *config
+	log     *slog.Logger
+	m       *metrics
+	healthy atomic.Bool
+}
+
+func newDaemon(cfg *config, log *slog.Logger) (*daemon, error) {
+	return &daemon{cfg: cfg, log: log, m: newMetrics()}, nil
+}
+
+// Run installs the ruleset, serves the queues until ctx ends, then shuts down in order: remove
+// the ruleset (no new packets are queued), let the workers give a verdict to every packet they
+// hold, close the queues, delete the pinholes still open, close the conntrack sockets.
+func (d *daemon) Run(ctx context.Context) error {
+	rcfg := d.cfg.rules()
+	ct, err := conntrack.Dial()
+	if err != nil {
+		return fmt.Errorf("conntrack: %w", err)
+	}
+	defer ct.Close()
+
+	if err := rules.Install(rcfg); err != nil {
+		return fmt.Errorf("install nftables table %q: %w", rcfg.Table, err)
+	}
+	removed := false
+	removeRules := func() {
+		if removed {
+			return
+		}
+		removed = true
+		if err := rules.Remove(rcfg); err != nil {
+			d.log.Error(evError, "op", "remove_ruleset", "err", err.Error())
+		}
+	}
+	defer removeRules()
+
+	// Workers and queues live in their own context so that the ruleset is removed before they
+	// stop reading: a packet queued with nobody reading would be dropped.
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	pins := newPinholes(runCtx, ct, d.log, d.m, d.cfg.PinholeTimeout)
+
+	var queues []*queue.Queue
+	defer func() {
+		for _, q := range queues {
+			q.Close()
+		}
+	}()
+	var workers []*worker
+	for i := 0; i < int(d.cfg.Queues); i++ {
+		num := d.cfg.Queue + uint16(i)
+		q, err := queue.Open(queue.Config{Num: num, FailOpen: d.cfg.FailOpen})
+		if err != nil {
+			return fmt.Errorf("open queue %d: %w", num, err)
+		}
+		queues = append(queues, q)
+		workers = append(workers, newWorker(i, d.cfg, ct, q, pins, d.log, d.m))
+	}
+
+	g, gctx := errgroup.WithContext(runCtx)
+	for i, q := range queues {
+		w, q := workers[i], q
+		g.Go(func() error { return w.run(gctx) })
+		g.Go(func() error {
+			err := q.Run(gctx, w.enqueue, func(err error) {
+				d.m.queueErrors.Inc()
+				d.log.Warn(evError, "op", "queue_receive", "queue", d.cfg.Queue+uint16(w.id), "err", err.Error())
+			})
+			if err != nil && gctx.Err() == nil {
+				return fmt.Errorf("queue %d: %w", d.cfg.Queue+uint16(w.id), err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		err := ct.Listen(gctx, func(ev conntrack.Event) { d.onEvent(gctx, ev, pins, workers) })
+		if err != nil && gctx.Err() == nil {
+			return fmt.Errorf("conntrack events: %w", err)
+		}
+		return nil
+	})
+
+	var srv *http.Server
+	if d.cfg.MetricsListen != "" {
+		ln, err := net.Listen("tcp", d.cfg.MetricsListen)
+		if err != nil {
+			stopRun()
+			g.Wait()
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		srv = d.metricsServer()
+		go srv.Serve(ln)
+	}
+
+	d.healthy.Store(true)
+	d.log.Info(evReady, "ports", d.cfg.Ports, "queue", d.cfg.Queue, "queues", d.cfg.Queues,
+		"fail_open", d.cfg.FailOpen, "pinhole_timeout", d.cfg.PinholeTimeout.String(), "version", version)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done():
+		runErr = g.Wait()
+	}
+	d.healthy.Store(false)
+	d.log.Info(evShutdown)
+	removeRules()
+	stopRun()
+	if err := g.Wait(); err != nil && runErr == nil {
+		runErr = err
+	}
+	pins.closeAll()
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		srv.Shutdown(sctx)
+		cancel()
+	}
+	if errors.Is(runErr, context.Canceled) {
+		runErr = nil
+	}
+	return runErr
+}
+
+func (d *daemon) metricsServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !d.healthy.Load() {
+			http.Error(w, "not running", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+}
+
+// onEvent routes conntrack events: a new connection with a master used a pinhole; a destroyed
+// control connection ends its session in whichever worker owns it.
+func (d *daemon) onEvent(ctx context.Context, ev conntrack.Event, pins *pinholes, workers []*worker) {
+	switch ev.Kind {
+	case conntrack.FlowNew:
+		if ev.Flow.Master != nil {
+			pins.used(ev.Flow)
+		}
+	case conntrack.FlowDestroy:
+		if !d.isControl(ev.Flow) {
+			return
+		}
+		for _, w := range workers {
+			w.send(ctx, ctlMsg{kind: ctlFlowGone, orig: ev.Flow.Orig})
+		}
+	}
+}
+
+// isControl reports whether f may be a control connection (cheap filter before fan-out).
+func (d *daemon) isControl(f conntrack.Flow) bool {
+	for _, p := range d.cfg.Ports {
+		if f.Orig.Dst.Port() == p || f.Reply.Src.Port() == p {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Event names: the operator-facing log contract (DESIGN.md "What operators see"). Every line
+// carries one of these under the key "event".
+const (
+	evReady          = "ready"
+	evShutdown       = "shutdown"
+	evSessionOpen    = "session_open"
+	evSessionClose   = "session_close"
+	evRewrite        = "rewrite"
+	evPinholeOpen    = "pinhole_open"
+	evPinholeUsed    = "pinhole_used"
+	evPinholeExpired = "pinhole_expired"
+	evPinholeClosed  = "pinhole_closed"
+	evRejected       = "rejected"
+	evTLS            = "tls_passthrough"
+	evNote           = "note"
+	evError          = "error"
+)
+
+// newLogger returns a logger writing one event per line to w. The message is the event name,
+// emitted under the key "event" instead of "msg".
+func newLogger(w io.Writer, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.MessageKey {
+				a.Key = "event"
+			}
+			return a
+		},
+	}
+	w = &lockedWriter{w: w}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// lockedWriter serialises writes so that lines from different goroutines never interleave
+// (slog handlers lock per handler, but the daemon may share w with other writers).
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// limiter lets through at most burst events per interval: per-packet warnings use it so that a
+// flood cannot turn into a log flood. Not safe for concurrent use (one per worker).
+type limiter struct {
+	interval time.Duration
+	burst    int
+	start    time.Time
+	n        int
+	dropped  int
+}
+
+func (l *limiter) allow(now time.Time) bool {
+	if now.Sub(l.start) >= l.interval {
+		l.start, l.n = now, 0
+	}
+	if l.n < l.burst {
+		l.n++
+		return true
+	}
+	l.dropped++
+	return false
+}

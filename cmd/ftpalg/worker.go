@@ -1,0 +1,578 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/conntrack/queue"
+	"github.com/ftpalg/ftpalg/nat"
+)
+
+// kernel is what a worker needs from the connection tracker; *conntrack.Conn implements it and
+// tests use a fake.
+type kernel interface {
+	Lookup(seen conntrack.Tuple) (conntrack.Flow, error)
+	SetLiberal(f conntrack.Flow) error
+	CreateExpect(e conntrack.Expectation) error
+	DeleteExpect(e conntrack.Expectation) error
+}
+
+// verdicter releases or drops queued packets; *queue.Queue implements it.
+type verdicter interface {
+	Accept(id uint32, altered []byte) error
+	Drop(id uint32) error
+}
+
+const (
+	inboxLen        = 4096                   // packets waiting for a worker; beyond: dropped and counted
+	holdTimeout     = 250 * time.Millisecond // how long a segment ending mid-command is held back
+	closedLinger    = 30 * time.Second       // a closed session keeps adjusting late FIN/ACK retransmissions
+	idleTimeout     = 2 * time.Hour          // a session with no packet for this long is forgotten
+	maxSessions     = 1 << 17                // per worker
+	maxPerClient    = 256                    // sessions per client address, per worker
+	maxPortTries    = 16                     // other ports tried when an expectation collides
+	maxPacket       = 65535
+	defaultMaxLen   = 1500
+	mtuCacheRefresh = time.Minute
+)
+
+// sessKey identifies a control connection by its endpoints as seen at the queue point.
+type sessKey struct{ client, server netip.AddrPort }
+
+func (k sessKey) attrs() []slog.Attr {
+	return []slog.Attr{slog.String("client", k.client.String()), slog.String("server", k.server.String())}
+}
+
+type held struct {
+	id    uint32
+	bytes []byte // the packet to release: possibly several segments joined
+	since time.Time
+}
+
+// session is one control connection: the engine, the rewriting state and what the worker
+// learned from the kernel.
+type session struct {
+	key      sessKey
+	eng      *alg.Session
+	nat      nat.Conn
+	flow     conntrack.Flow
+	haveFlow bool
+	liberal  bool
+	lastSeen time.Time
+	closedAt time.Time
+	held     [2]*held
+	rewrites int
+	pinholes int
+}
+
+type ctlKind uint8
+
+const (
+	ctlRelease  ctlKind = iota + 1 // a pinhole of the session is gone
+	ctlFlowGone                    // the session's conntrack entry was destroyed
+)
+
+type ctlMsg struct {
+	kind ctlKind
+	key  sessKey
+	orig conntrack.Tuple
+}
+
+// worker owns the sessions of one queue: everything on the packet path runs on its goroutine,
+// so nothing there takes a lock.
+type worker struct {
+	id    int
+	cfg   *config
+	ports []uint16
+	eng   alg.Config
+	k     kernel
+	q     verdicter
+	pins  *pinholes
+	log   *slog.Logger
+	m     *metrics
+	in    chan queue.Packet
+	ctl   chan ctlMsg
+
+	sessions  map[sessKey]*session
+	byOrig    map[conntrack.Tuple]*session
+	perClient map[netip.Addr]int
+	holding   map[*session]struct{}
+
+	outDev uint32     // output interface of the packet being handled (0: local delivery)
+	now    time.Time  // when the packet being handled was read
+	pkt    nat.Packet // the packet being handled
+	hpkt   nat.Packet // a held packet being released
+	dec    []alg.Decision
+	edits  []nat.Edit
+	text   []byte
+	out    []byte
+	joined []byte
+	mtus   map[uint32]int
+	mtuAt  time.Time
+	warn   limiter
+}
+
+func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *slog.Logger, m *metrics) *worker {
+	return &worker{
+		id:    id,
+		cfg:   cfg,
+		ports: cfg.Ports,
+		eng: alg.Config{
+			AllowLowPorts: cfg.AllowLowPorts,
+			Loose:         cfg.Loose,
+		},
+		k:         k,
+		q:         q,
+		pins:      pins,
+		log:       log,
+		m:         m,
+		in:        make(chan queue.Packet, inboxLen),
+		ctl:       make(chan ctlMsg, 1024),
+		sessions:  make(map[sessKey]*session),
+		byOrig:    make(map[conntrack.Tuple]*session),
+		perClient: make(map[netip.Addr]int),
+		holding:   make(map[*session]struct{}),
+		dec:       make([]alg.Decision, 0, 8),
+		edits:     make([]nat.Edit, 0, 8),
+		text:      make([]byte, 0, 256),
+		out:       make([]byte, 0, maxPacket),
+		joined:    make([]byte, 0, maxPacket),
+		mtus:      make(map[uint32]int),
+		warn:      limiter{interval: time.Second, burst: 10},
+	}
+}
+
+// enqueue is the queue's callback: it runs on the queue's reader goroutine and must not block.
+func (w *worker) enqueue(p queue.Packet) {
+	select {
+	case w.in <- p:
+	default:
+		// The worker is overloaded: drop and count (TCP retransmits), never block the reader.
+		w.m.pDrop.Inc()
+		if err := w.q.Drop(p.ID); err != nil {
+			w.m.queueErrors.Inc()
+		}
+	}
+}
+
+// send delivers a control message to the worker unless it has stopped.
+func (w *worker) send(ctx context.Context, m ctlMsg) {
+	select {
+	case w.ctl <- m:
+	case <-ctx.Done():
+	}
+}
+
+func (w *worker) run(ctx context.Context) error {
+	tick := time.NewTicker(holdTimeout / 5)
+	defer tick.Stop()
+	lastSweep := time.Now()
+	for {
+		select {
+		case p := <-w.in:
+			w.handle(p, time.Now())
+		case m := <-w.ctl:
+			w.control(m, time.Now())
+		case now := <-tick.C:
+			w.releaseHeld(now, false)
+			if now.Sub(lastSweep) >= 5*time.Second {
+				w.sweep(now)
+				lastSweep = now
+			}
+		case <-ctx.Done():
+			w.drain()
+			return nil
+		}
+	}
+}
+
+// drain gives every packet still in the worker's hands a verdict before the queue closes.
+func (w *worker) drain() {
+	for {
+		select {
+		case p := <-w.in:
+			w.handle(p, time.Now())
+		default:
+			w.releaseHeld(time.Now(), true)
+			return
+		}
+	}
+}
+
+func (w *worker) isPort(p uint16) bool {
+	for _, x := range w.ports {
+		if x == p {
+			return true
+		}
+	}
+	return false
+}
+
+// handle is the per-packet path.
+func (w *worker) handle(p queue.Packet, now time.Time) {
+	defer w.m.packetSeconds.Observe(time.Since(now).Seconds())
+	w.outDev, w.now = p.OutDev, now
+	if err := w.pkt.Decode(p.Payload); err != nil {
+		w.accept(p.ID, nil, w.m.pBypass)
+		return
+	}
+	src, dst := w.pkt.Src(), w.pkt.Dst()
+	var dir alg.Dir
+	var key sessKey
+	switch {
+	case w.isPort(dst.Port()):
+		dir, key = alg.FromClient, sessKey{src, dst}
+	case w.isPort(src.Port()):
+		dir, key = alg.FromServer, sessKey{dst, src}
+	default:
+		w.accept(p.ID, nil, w.m.pBypass)
+		return
+	}
+	s := w.sessions[key]
+	if s == nil {
+		if w.pkt.RST() {
+			w.accept(p.ID, nil, w.m.pBypass)
+			return
+		}
+		if s = w.newSession(key, now); s == nil {
+			w.accept(p.ID, nil, w.m.pBypass)
+			return
+		}
+	}
+	s.lastSeen = now
+	if !s.haveFlow && len(w.pkt.Payload()) > 0 {
+		w.lookupFlow(s)
+	}
+
+	seq := w.pkt.Seq()
+	plen := uint32(len(w.pkt.Payload()))
+	h := s.held[dir]
+	if h != nil {
+		hseq, hend := w.heldRange(h)
+		switch {
+		case plen == 0 && !w.pkt.FIN() && !w.pkt.RST():
+			// A pure ACK leaves the held bytes alone.
+		case seq == hend:
+			// The next segment: it may complete the held line; decided after Feed.
+		case seqLE(seq, hseq) && seqLE(hend, seq+plen):
+			// A retransmission covering all the held bytes supersedes the held packet.
+			w.dropHeld(s, dir)
+			h = nil
+		default:
+			w.releaseOne(s, dir)
+			h = nil
+		}
+	}
+
+	w.dec = s.eng.Feed(alg.Segment{
+		Dir:     dir,
+		Seq:     seq,
+		SYN:     w.pkt.SYN(),
+		FIN:     w.pkt.FIN(),
+		RST:     w.pkt.RST(),
+		Payload: w.pkt.Payload(),
+	}, w.dec[:0])
+
+	// Where this packet's bytes start once joined with a held predecessor.
+	first := seq
+	joinedHeld := false
+	if h != nil && w.needsHeld(seq) {
+		if err := w.join(s, dir, h, &p); err == nil {
+			first, _ = w.heldRange(h)
+			joinedHeld = true
+		}
+	}
+
+	w.edits = w.edits[:0]
+	w.text = w.text[:0]
+	end := seq + plen
+	for i := range w.dec {
+		w.decide(s, &w.dec[i], first, end, now)
+	}
+
+	// Hold this packet back if it ends inside a line that may become a command needing a
+	// rewrite, so that the segment completing it can be joined to it.
+	if len(w.edits) == 0 && plen > 0 && !w.pkt.FIN() && !w.pkt.RST() {
+		if start, n, cand := s.eng.Partial(dir); cand && n > 0 && seqLE(first, start) {
+			if h != nil && !joinedHeld {
+				if err := w.join(s, dir, h, &p); err != nil {
+					w.releaseOne(s, dir)
+					h = nil
+				} else {
+					joinedHeld = true
+				}
+			}
+			if joinedHeld {
+				s.held[dir].id = p.ID
+				s.held[dir].bytes = append(s.held[dir].bytes[:0], w.pkt.Bytes()...)
+			} else {
+				s.held[dir] = &held{id: p.ID, bytes: append([]byte(nil), w.pkt.Bytes()...), since: now}
+			}
+			w.holding[s] = struct{}{}
+			w.m.pHold.Inc()
+			return
+		}
+	}
+	if joinedHeld {
+		// The held packet's bytes travel in this one now.
+		s.held[dir] = nil
+		w.unholdIfDone(s)
+	} else if h != nil && plen > 0 {
+		// Keep the byte order: the held predecessor goes first, as it is.
+		w.releaseOne(s, dir)
+	}
+	w.applyAndRelease(s, dir, p.ID)
+	if s.eng.Closed() && s.closedAt.IsZero() {
+		s.closedAt = now
+	}
+}
+
+// needsHeld reports whether a decision of this packet refers to bytes before seq, i.e. in the
+// held predecessor.
+func (w *worker) needsHeld(seq uint32) bool {
+	for i := range w.dec {
+		d := &w.dec[i]
+		if d.Text.Len > 0 && seqLT(d.Text.Seq, seq) {
+			return true
+		}
+		if d.Neutral.Len > 0 && seqLT(d.Neutral.Seq, seq) {
+			return true
+		}
+	}
+	return false
+}
+
+// join rewrites w.pkt (already decoded from p) into one packet carrying the held packet's
+// payload followed by its own, drops the held packet and makes p carry both.
+func (w *worker) join(s *session, dir alg.Dir, h *held, p *queue.Packet) error {
+	if err := w.hpkt.Decode(h.bytes); err != nil {
+		return err
+	}
+	b, err := nat.Extend(&w.pkt, w.hpkt.Payload(), w.joined[:0])
+	if err != nil || len(b) > maxPacket {
+		return errors.New("join held segment: too large")
+	}
+	if err := w.pkt.Decode(b); err != nil {
+		return err
+	}
+	w.joined = b
+	if err := w.q.Drop(h.id); err != nil {
+		w.m.queueErrors.Inc()
+	}
+	w.m.pDrop.Inc()
+	// h now stands for the joined packet (p's ID) until a verdict is given.
+	h.id = p.ID
+	return nil
+}
+
+func (w *worker) heldRange(h *held) (uint32, uint32) {
+	if err := w.hpkt.Decode(h.bytes); err != nil {
+		return 0, 0
+	}
+	return w.hpkt.Seq(), w.hpkt.Seq() + uint32(len(w.hpkt.Payload()))
+}
+
+func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
+	d := nat.Original
+	if dir == alg.FromServer {
+		d = nat.Reply
+	}
+	out, changed, err := s.nat.Apply(&w.pkt, d, w.edits, w.maxLen(), w.out[:0])
+	if err != nil && len(w.edits) > 0 {
+		// The rewrite cannot be released (e.g. it would exceed the MTU): release the packet with
+		// only the sequence adjustment and say why the announced endpoint was not rewritten.
+		w.logEvent(evError, s.key, slog.String("err", err.Error()), slog.String("op", "rewrite"))
+		out, changed, err = s.nat.Apply(&w.pkt, d, nil, w.maxLen(), w.out[:0])
+	}
+	if err != nil {
+		w.logWarn(s.key, "adjust", err)
+		w.accept(id, nil, w.m.pAccept)
+		return
+	}
+	if changed {
+		w.accept(id, out, w.m.pModified)
+		return
+	}
+	w.accept(id, nil, w.m.pAccept)
+}
+
+func (w *worker) accept(id uint32, altered []byte, c interface{ Inc() }) {
+	c.Inc()
+	if err := w.q.Accept(id, altered); err != nil {
+		w.m.queueErrors.Inc()
+	}
+}
+
+func (w *worker) dropHeld(s *session, dir alg.Dir) {
+	h := s.held[dir]
+	s.held[dir] = nil
+	w.unholdIfDone(s)
+	if err := w.q.Drop(h.id); err != nil {
+		w.m.queueErrors.Inc()
+	}
+	w.m.pDrop.Inc()
+}
+
+// releaseOne releases a held packet as it is (with the session's sequence adjustment).
+func (w *worker) releaseOne(s *session, dir alg.Dir) {
+	h := s.held[dir]
+	s.held[dir] = nil
+	w.unholdIfDone(s)
+	// w.pkt may hold the packet being handled: use hpkt.
+	if err := w.hpkt.Decode(h.bytes); err != nil {
+		w.accept(h.id, nil, w.m.pAccept)
+		return
+	}
+	d := nat.Original
+	if dir == alg.FromServer {
+		d = nat.Reply
+	}
+	out, changed, err := s.nat.Apply(&w.hpkt, d, nil, w.maxLen(), w.out[:0])
+	switch {
+	case err != nil:
+		w.accept(h.id, nil, w.m.pAccept)
+	case changed:
+		w.accept(h.id, out, w.m.pModified)
+	default:
+		w.accept(h.id, h.bytes, w.m.pAccept)
+	}
+}
+
+func (w *worker) unholdIfDone(s *session) {
+	if s.held[0] == nil && s.held[1] == nil {
+		delete(w.holding, s)
+	}
+}
+
+// releaseHeld releases held packets older than holdTimeout (all of them when all is set).
+func (w *worker) releaseHeld(now time.Time, all bool) {
+	for s := range w.holding {
+		for dir := range s.held {
+			if h := s.held[dir]; h != nil && (all || now.Sub(h.since) >= holdTimeout) {
+				w.releaseOne(s, alg.Dir(dir))
+			}
+		}
+	}
+}
+
+func (w *worker) newSession(key sessKey, now time.Time) *session {
+	if len(w.sessions) >= maxSessions || w.perClient[key.client.Addr()] >= maxPerClient {
+		w.m.rejections.WithLabelValues("session_limit").Inc()
+		if w.warn.allow(now) {
+			w.logEvent(evRejected, key, slog.String("reason", "session_limit"))
+		}
+		return nil
+	}
+	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now}
+	w.sessions[key] = s
+	w.perClient[key.client.Addr()]++
+	w.m.sessions.Inc()
+	w.m.sessionsTotal.Inc()
+	w.logEvent(evSessionOpen, key, slog.Int("worker", w.id))
+	return s
+}
+
+func (w *worker) lookupFlow(s *session) {
+	f, err := w.k.Lookup(conntrack.Tuple{Src: s.key.client, Dst: s.key.server})
+	if err != nil {
+		w.m.kernelErrors.WithLabelValues("lookup").Inc()
+		return
+	}
+	s.flow, s.haveFlow = f, true
+	w.byOrig[f.Orig] = s
+	if a := f.Orig.Dst.Addr(); a != s.key.server.Addr() {
+		s.eng.SetServerAlias(a)
+	}
+}
+
+func (w *worker) removeSession(s *session, reason string) {
+	for dir := range s.held {
+		if s.held[dir] != nil {
+			w.releaseOne(s, alg.Dir(dir))
+		}
+	}
+	delete(w.sessions, s.key)
+	if s.haveFlow && w.byOrig[s.flow.Orig] == s {
+		delete(w.byOrig, s.flow.Orig)
+	}
+	c := s.key.client.Addr()
+	if w.perClient[c]--; w.perClient[c] <= 0 {
+		delete(w.perClient, c)
+	}
+	w.pins.sessionGone(s.key)
+	w.m.sessions.Dec()
+	w.logEvent(evSessionClose, s.key, slog.String("reason", reason),
+		slog.Int("rewrites", s.rewrites), slog.Int("pinholes", s.pinholes))
+}
+
+func (w *worker) control(m ctlMsg, now time.Time) {
+	switch m.kind {
+	case ctlRelease:
+		if s := w.sessions[m.key]; s != nil {
+			s.eng.Release()
+		}
+	case ctlFlowGone:
+		if s := w.byOrig[m.orig]; s != nil {
+			w.removeSession(s, "conntrack_gone")
+		}
+	}
+}
+
+// sweep forgets sessions that closed a while ago or went idle.
+func (w *worker) sweep(now time.Time) {
+	for _, s := range w.sessions {
+		switch {
+		case !s.closedAt.IsZero() && now.Sub(s.closedAt) >= closedLinger:
+			w.removeSession(s, "closed")
+		case now.Sub(s.lastSeen) >= idleTimeout:
+			w.removeSession(s, "idle")
+		}
+	}
+}
+
+// maxLen is the largest packet that may be released: the MTU of the output interface of the
+// packet being handled (65535 for local delivery).
+func (w *worker) maxLen() int {
+	return w.mtu(w.outDev, w.now)
+}
+
+// mtu returns the MTU of interface index i, cached.
+func (w *worker) mtu(i uint32, now time.Time) int {
+	if i == 0 {
+		return maxPacket
+	}
+	if now.Sub(w.mtuAt) > mtuCacheRefresh {
+		clear(w.mtus)
+		w.mtuAt = now
+	}
+	if m, ok := w.mtus[i]; ok {
+		return m
+	}
+	m := defaultMaxLen
+	if ifc, err := net.InterfaceByIndex(int(i)); err == nil && ifc.MTU > 0 {
+		m = ifc.MTU
+	}
+	w.mtus[i] = m
+	return m
+}
+
+func (w *worker) logEvent(ev string, key sessKey, attrs ...slog.Attr) {
+	w.log.LogAttrs(context.Background(), slog.LevelInfo, ev, append(key.attrs(), attrs...)...)
+}
+
+func (w *worker) logWarn(key sessKey, op string, err error) {
+	if w.warn.allow(time.Now()) {
+		w.log.LogAttrs(context.Background(), slog.LevelWarn, evError,
+			append(key.attrs(), slog.String("op", op), slog.String("err", err.Error()))...)
+	}
+}
+
+// Sequence number comparisons that survive wrap-around at 2^32.
+func seqLT(a, b uint32) bool { return int32(a-b) < 0 }
+func seqLE(a, b uint32) bool { return int32(a-b) <= 0 }

@@ -1,0 +1,484 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/conntrack/queue"
+)
+
+// fakeKernel stands in for ctnetlink: it knows one master flow and records expectations.
+type fakeKernel struct {
+	mu       sync.Mutex
+	flows    map[conntrack.Tuple]conntrack.Flow
+	expects  []conntrack.Expectation
+	deleted  []conntrack.Expectation
+	liberal  int
+	busyPort map[netip.AddrPort]bool // expectation destinations that collide
+}
+
+func (k *fakeKernel) Lookup(seen conntrack.Tuple) (conntrack.Flow, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if f, ok := k.flows[seen]; ok {
+		return f, nil
+	}
+	return conntrack.Flow{}, conntrack.ErrNotFound
+}
+
+func (k *fakeKernel) SetLiberal(conntrack.Flow) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.liberal++
+	return nil
+}
+
+func (k *fakeKernel) CreateExpect(e conntrack.Expectation) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.busyPort[e.Dst] {
+		return conntrack.ErrExist
+	}
+	k.expects = append(k.expects, e)
+	return nil
+}
+
+func (k *fakeKernel) DeleteExpect(e conntrack.Expectation) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for i, x := range k.expects {
+		if x == e {
+			k.expects = append(k.expects[:i], k.expects[i+1:]...)
+			k.deleted = append(k.deleted, e)
+			return nil
+		}
+	}
+	return conntrack.ErrNotFound
+}
+
+type verdict struct {
+	id      uint32
+	accept  bool
+	altered []byte
+}
+
+type fakeQueue struct {
+	mu       sync.Mutex
+	verdicts []verdict
+}
+
+func (q *fakeQueue) Accept(id uint32, altered []byte) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.verdicts = append(q.verdicts, verdict{id: id, accept: true, altered: append([]byte(nil), altered...)})
+	return nil
+}
+
+func (q *fakeQueue) Drop(id uint32) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.verdicts = append(q.verdicts, verdict{id: id})
+	return nil
+}
+
+func (q *fakeQueue) take() []verdict {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	v := q.verdicts
+	q.verdicts = nil
+	return v
+}
+
+var (
+	client    = netip.MustParseAddrPort("192.0.2.10:40000")
+	server    = netip.MustParseAddrPort("198.51.100.20:21")
+	public    = netip.MustParseAddrPort("198.51.100.1:40000")
+	snatFlow  = conntrack.Flow{Orig: conntrack.Tuple{Src: client, Dst: server}, Reply: conntrack.Tuple{Src: server, Dst: public}, Helper: "ftpalg-carrier"}
+	clientISN = uint32(0xfffffff0) // wraps during the test
+	serverISN = uint32(1000)
+)
+
+// tcpPacket builds an IPv4/TCP packet with gopacket (an independent oracle for lengths and
+// checksums).
+func tcpPacket(t testing.TB, src, dst netip.AddrPort, seq, ack uint32, syn, fin bool, payload string) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, Flags: layers.IPv4DontFragment,
+		SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()),
+		Seq: seq, Ack: ack, SYN: syn, FIN: fin, ACK: !syn || ack != 0, PSH: payload != "", Window: 64240}
+	if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		ip, tcp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// decoded re-decodes a released packet with gopacket and verifies its checksums independently.
+func decoded(t *testing.T, b []byte) (*layers.IPv4, *layers.TCP) {
+	t.Helper()
+	p := gopacket.NewPacket(b, layers.LayerTypeIPv4, gopacket.Default)
+	ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	tcp, _ := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if ip == nil || tcp == nil {
+		t.Fatalf("released packet does not decode: %v", p.ErrorLayer())
+	}
+	// Recompute the checksums over a copy with gopacket and compare.
+	ip2, tcp2 := *ip, *tcp
+	if err := tcp2.SetNetworkLayerForChecksum(&ip2); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&ip2, &tcp2, gopacket.Payload(tcp.Payload)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), b) {
+		t.Fatalf("released packet has wrong lengths or checksums:\n got %x\nwant %x", b, buf.Bytes())
+	}
+	return ip, tcp
+}
+
+type harness struct {
+	t    *testing.T
+	k    *fakeKernel
+	q    *fakeQueue
+	w    *worker
+	pins *pinholes
+	logs *bytes.Buffer
+	id   uint32
+	now  time.Time
+	// next sequence numbers in each direction's original numbering
+	cseq, sseq uint32
+}
+
+func newHarness(t *testing.T, cfg *config) *harness {
+	if cfg == nil {
+		cfg = &config{Ports: []uint16{21}, Queues: 1, PinholeTimeout: 30 * time.Second}
+	}
+	k := &fakeKernel{flows: map[conntrack.Tuple]conntrack.Flow{{Src: client, Dst: server}: snatFlow}}
+	q := &fakeQueue{}
+	logs := &bytes.Buffer{}
+	log := newLogger(logs, "json")
+	m := newMetrics()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	pins := newPinholes(ctx, k, log, m, cfg.PinholeTimeout)
+	w := newWorker(0, cfg, k, q, pins, log, m)
+	return &harness{t: t, k: k, q: q, w: w, pins: pins, logs: logs, now: time.Unix(1e9, 0), cseq: clientISN, sseq: serverISN}
+}
+
+// send hands one packet to the worker and returns the verdicts given since the last call.
+func (h *harness) send(b []byte) []verdict {
+	h.id++
+	h.w.handle(queue.Packet{ID: h.id, Payload: b}, h.now)
+	return h.q.take()
+}
+
+func (h *harness) handshake() {
+	h.t.Helper()
+	h.send(tcpPacket(h.t, client, server, h.cseq, 0, true, false, ""))
+	h.send(tcpPacket(h.t, server, client, h.sseq, h.cseq+1, true, false, ""))
+	h.cseq++
+	h.sseq++
+	h.send(tcpPacket(h.t, client, server, h.cseq, h.sseq, false, false, ""))
+}
+
+func (h *harness) fromServer(text string) []verdict {
+	v := h.send(tcpPacket(h.t, server, client, h.sseq, h.cseq, false, false, text))
+	h.sseq += uint32(len(text))
+	return v
+}
+
+func (h *harness) fromClient(text string) []verdict {
+	v := h.send(tcpPacket(h.t, client, server, h.cseq, h.sseq, false, false, text))
+	h.cseq += uint32(len(text))
+	return v
+}
+
+// events returns the log lines with the given event name.
+func (h *harness) events(name string) []map[string]any {
+	var out []map[string]any
+	dec := json.NewDecoder(bytes.NewReader(h.logs.Bytes()))
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			return out
+		} else if err != nil {
+			h.t.Fatalf("log is not JSON lines: %v\n%s", err, h.logs)
+		}
+		if m["event"] == name {
+			out = append(out, m)
+		}
+	}
+}
+
+func onlyVerdict(t *testing.T, v []verdict) verdict {
+	t.Helper()
+	if len(v) != 1 {
+		t.Fatalf("got %d verdicts, want 1: %+v", len(v), v)
+	}
+	return v[0]
+}
+
+func TestActiveModeBehindSNAT(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	if v := onlyVerdict(t, h.fromServer("220 ready\r\n")); !v.accept || v.altered != nil {
+		t.Fatalf("greeting: got %+v, want accepted unchanged", v)
+	}
+	portSeq := h.cseq
+	v := onlyVerdict(t, h.fromClient("PORT 192,0,2,10,4,1\r\n"))
+	if !v.accept || v.altered == nil {
+		t.Fatalf("PORT: got %+v, want accepted with a rewrite", v)
+	}
+	_, tcp := decoded(t, v.altered)
+	if got, want := string(tcp.Payload), "PORT 198,51,100,1,4,1\r\n"; got != want {
+		t.Errorf("rewritten PORT = %q, want %q", got, want)
+	}
+	if tcp.Seq != portSeq {
+		t.Errorf("seq of the rewriting packet = %d, want %d", tcp.Seq, portSeq)
+	}
+	want := []conntrack.Expectation{{
+		Master: snatFlow.Orig, Src: server.Addr(), Dst: netip.MustParseAddrPort("198.51.100.1:1025"),
+		NAT: true, NATDir: conntrack.Reply, NATTo: netip.MustParseAddrPort("192.0.2.10:1025"), Timeout: 30 * time.Second,
+	}}
+	if diff := cmp.Diff(want, h.k.expects); diff != "" {
+		t.Errorf("expectations (-want +got):\n%s", diff)
+	}
+	if h.k.liberal != 1 {
+		t.Errorf("SetLiberal called %d times, want 1 (the rewrite grew the segment)", h.k.liberal)
+	}
+
+	// The server acknowledges the rewritten (2 bytes longer) stream; the client must see its
+	// own numbering.
+	growth := uint32(len("198,51,100,1,4,1") - len("192,0,2,10,4,1"))
+	sv := onlyVerdict(t, h.send(tcpPacket(t, server, client, h.sseq, h.cseq+growth, false, false, "200 PORT ok\r\n")))
+	h.sseq += uint32(len("200 PORT ok\r\n"))
+	if sv.altered == nil {
+		t.Fatal("server's reply released unchanged: its ack would be 2 bytes too far for the client")
+	}
+	if _, tcp := decoded(t, sv.altered); tcp.Ack != h.cseq {
+		t.Errorf("ack seen by the client = %d, want %d", tcp.Ack, h.cseq)
+	}
+	// The client's next command is shifted forward.
+	cv := onlyVerdict(t, h.fromClient("RETR f\r\n"))
+	if cv.altered == nil {
+		t.Fatal("client's next command released unchanged: its seq would overlap the rewritten bytes")
+	}
+	if _, tcp := decoded(t, cv.altered); tcp.Seq != h.cseq-uint32(len("RETR f\r\n"))+growth {
+		t.Errorf("seq of the next command = %d, want %d", tcp.Seq, h.cseq-uint32(len("RETR f\r\n"))+growth)
+	}
+
+	ph := h.events(evPinholeOpen)
+	if len(ph) != 1 {
+		t.Fatalf("got %d pinhole_open events, want 1\n%s", len(ph), h.logs)
+	}
+	for k, want := range map[string]string{
+		"client": client.String(), "server": server.String(), "cmd": "PORT",
+		"from": "198.51.100.20", "to": "198.51.100.1:1025", "nat_to": "192.0.2.10:1025",
+	} {
+		if ph[0][k] != want {
+			t.Errorf("pinhole_open %s = %v, want %s", k, ph[0][k], want)
+		}
+	}
+	if len(h.events(evRewrite)) != 1 {
+		t.Errorf("want one rewrite event\n%s", h.logs)
+	}
+
+	// The data connection shows up as a new conntrack entry with a master.
+	h.pins.used(conntrack.Flow{Orig: conntrack.Tuple{Src: netip.MustParseAddrPort("198.51.100.20:20"), Dst: netip.MustParseAddrPort("198.51.100.1:1025")}, Master: &snatFlow.Orig})
+	if got := h.events(evPinholeUsed); len(got) != 1 {
+		t.Errorf("got %d pinhole_used events, want 1\n%s", len(got), h.logs)
+	}
+}
+
+func TestSplitPortIsJoinedAndRewritten(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	first := h.cseq
+	if v := h.fromClient("PORT 192,0,"); len(v) != 0 {
+		t.Fatalf("first half: got verdicts %+v, want the packet held", v)
+	}
+	v := h.fromClient("2,10,4,1\r\n")
+	if len(v) != 2 || v[0].accept || !v[1].accept {
+		t.Fatalf("second half: got %+v, want the held packet dropped and this one accepted", v)
+	}
+	_, tcp := decoded(t, v[1].altered)
+	if got, want := string(tcp.Payload), "PORT 198,51,100,1,4,1\r\n"; got != want || tcp.Seq != first {
+		t.Errorf("joined packet = %q at seq %d, want %q at seq %d", got, tcp.Seq, want, first)
+	}
+	if len(h.k.expects) != 1 {
+		t.Errorf("got %d expectations, want 1", len(h.k.expects))
+	}
+}
+
+func TestHeldPacketIsReleasedAfterTimeout(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	if v := h.fromClient("PORT 192,0,"); len(v) != 0 {
+		t.Fatalf("got verdicts %+v, want the packet held", v)
+	}
+	h.w.releaseHeld(h.now.Add(holdTimeout/2), false)
+	if v := h.q.take(); len(v) != 0 {
+		t.Fatalf("released before the hold timeout: %+v", v)
+	}
+	h.w.releaseHeld(h.now.Add(holdTimeout), false)
+	v := onlyVerdict(t, h.q.take())
+	if !v.accept {
+		t.Fatalf("held packet: got %+v, want accepted", v)
+	}
+	if _, tcp := decoded(t, v.altered); string(tcp.Payload) != "PORT 192,0," {
+		t.Errorf("held packet released as %q", tcp.Payload)
+	}
+}
+
+func TestBounceIsNeutralizedWithoutPinhole(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	v := onlyVerdict(t, h.fromClient("PORT 203,0,113,5,4,1\r\n"))
+	if len(h.k.expects) != 0 {
+		t.Fatalf("bounce opened a pinhole: %+v", h.k.expects)
+	}
+	if v.altered == nil {
+		t.Fatal("bounce PORT released unchanged: a server allowing FXP would connect to the third party")
+	}
+	if _, tcp := decoded(t, v.altered); strings.HasPrefix(string(tcp.Payload), "PORT") {
+		t.Errorf("bounce PORT still reads %q", tcp.Payload)
+	}
+	rej := h.events(evRejected)
+	if len(rej) != 1 || rej[0]["reason"] != "bounce" {
+		t.Errorf("rejected events = %v, want one with reason bounce", rej)
+	}
+}
+
+func TestPassiveBehindSNATNoRewrite(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PASV\r\n")
+	v := onlyVerdict(t, h.fromServer("227 Entering Passive Mode (198,51,100,20,195,80).\r\n"))
+	if v.altered != nil {
+		t.Errorf("227 from a public server was rewritten: %x", v.altered)
+	}
+	want := []conntrack.Expectation{{
+		Master: snatFlow.Orig, Src: client.Addr(), Dst: netip.MustParseAddrPort("198.51.100.20:50000"), Timeout: 30 * time.Second,
+	}}
+	if diff := cmp.Diff(want, h.k.expects); diff != "" {
+		t.Errorf("expectations (-want +got):\n%s", diff)
+	}
+	if h.k.liberal != 0 {
+		t.Errorf("SetLiberal called without a length change")
+	}
+}
+
+func TestCollisionTakesAnotherPort(t *testing.T) {
+	h := newHarness(t, nil)
+	h.k.busyPort = map[netip.AddrPort]bool{netip.MustParseAddrPort("198.51.100.1:1025"): true}
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	v := onlyVerdict(t, h.fromClient("PORT 192,0,2,10,4,1\r\n"))
+	if _, tcp := decoded(t, v.altered); string(tcp.Payload) != "PORT 198,51,100,1,4,2\r\n" {
+		t.Errorf("rewritten = %q, want the next port", tcp.Payload)
+	}
+	if len(h.k.expects) != 1 || h.k.expects[0].NATTo != netip.MustParseAddrPort("192.0.2.10:1025") {
+		t.Errorf("expectations = %+v, want one landing on the announced port", h.k.expects)
+	}
+}
+
+func TestPinholeExpiresAtTimeout(t *testing.T) {
+	h := newHarness(t, &config{Ports: []uint16{21}, Queues: 1, PinholeTimeout: 20 * time.Millisecond})
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	select {
+	case m := <-h.w.ctl:
+		if m.kind != ctlRelease || m.key != (sessKey{client, server}) {
+			t.Errorf("control message = %+v, want a release for the session", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no release after the pinhole timeout")
+	}
+	if len(h.k.deleted) != 1 || len(h.k.expects) != 0 {
+		t.Errorf("expectation not deleted at timeout: left %+v, deleted %+v", h.k.expects, h.k.deleted)
+	}
+	if got := h.events(evPinholeExpired); len(got) != 1 {
+		t.Errorf("got %d pinhole_expired events, want 1", len(got))
+	}
+}
+
+func TestNonCommandPacketAllocatesNothing(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	b := tcpPacket(t, server, client, h.sseq, h.cseq, false, false, "150 Opening BINARY mode data connection\r\n")
+	p := queue.Packet{ID: 1, Payload: b}
+	q := &nopQueue{}
+	h.w.q = q
+	allocs := testing.AllocsPerRun(100, func() {
+		h.w.handle(p, h.now) // a retransmission after the first run: same path, no command
+	})
+	if allocs != 0 {
+		t.Errorf("a packet without a command allocates %.1f times, want 0", allocs)
+	}
+}
+
+type nopQueue struct{}
+
+func (nopQueue) Accept(uint32, []byte) error { return nil }
+func (nopQueue) Drop(uint32) error           { return nil }
+
+func TestRunFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr bool
+		check   func(*config) bool
+	}{
+		{name: "defaults", args: nil, check: func(c *config) bool {
+			return len(c.Ports) == 1 && c.Ports[0] == 21 && c.FailOpen && c.PinholeTimeout == 30*time.Second && c.LogFormat == "json" && c.Queues == 1
+		}},
+		{name: "ports list", args: []string{"--ports", "21,2121,21"}, check: func(c *config) bool {
+			return len(c.Ports) == 2 && c.Ports[1] == 2121
+		}},
+		{name: "fail closed", args: []string{"--fail-open=false", "--queues", "2", "--queue", "7"}, check: func(c *config) bool {
+			return !c.FailOpen && c.Queues == 2 && c.Queue == 7
+		}},
+		{name: "bad port", args: []string{"--ports", "70000"}, wantErr: true},
+		{name: "zero port", args: []string{"--ports", "0"}, wantErr: true},
+		{name: "bad format", args: []string{"--log-format", "xml"}, wantErr: true},
+		{name: "timeout too long", args: []string{"--pinhole-timeout", "10m"}, wantErr: true},
+		{name: "too many queues", args: []string{"--queue", "65535", "--queues", "2"}, wantErr: true},
+		{name: "stray argument", args: []string{"now"}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseRunFlags(tt.args, io.Discard)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if err == nil && !tt.check(cfg) {
+				t.Errorf("config = %+v", cfg)
+			}
+		})
+	}
+}
