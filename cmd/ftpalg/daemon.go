@@ -39,6 +39,13 @@ func (d *daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("conntrack: %w", err)
 	}
 	defer ct.Close()
+	// Subscribe before the rules exist: the kernel reports the end of a connection only to
+	// listeners that were there when it began.
+	events, err := ct.Subscribe()
+	if err != nil {
+		return fmt.Errorf("conntrack events: %w", err)
+	}
+	defer events.Close()
 
 	if err := rules.Install(rcfg); err != nil {
 		return fmt.Errorf("install nftables table %q: %w", rcfg.Table, err)
@@ -94,7 +101,7 @@ func (d *daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error {
-		err := ct.Listen(gctx, func(ev conntrack.Event) { d.onEvent(gctx, ev, pins, workers) })
+		err := events.Run(gctx, func(ev conntrack.Event) { d.onEvent(gctx, ev, pins, workers) })
 		if err != nil && gctx.Err() == nil {
 			return fmt.Errorf("conntrack events: %w", err)
 		}
@@ -163,6 +170,9 @@ func (d *daemon) onEvent(ctx context.Context, ev conntrack.Event, pins *pinholes
 		if ev.Flow.Master != nil {
 			pins.used(ev.Flow)
 		}
+	case conntrack.EventsLost:
+		d.m.kernelErrors.WithLabelValues("events_lost").Inc()
+		d.log.Warn(evError, "op", "conntrack_events", "err", "kernel dropped events: pinhole_used or session ends may be missing")
 	case conntrack.FlowDestroy:
 		if !d.isControl(ev.Flow) {
 			return

@@ -216,7 +216,7 @@ func (w *worker) isPort(p uint16) bool {
 
 // handle is the per-packet path.
 func (w *worker) handle(p queue.Packet, now time.Time) {
-	defer w.m.packetSeconds.Observe(time.Since(now).Seconds())
+	defer func() { w.m.packetSeconds.Observe(time.Since(now).Seconds()) }()
 	w.outDev, w.now = p.OutDev, now
 	if err := w.pkt.Decode(p.Payload); err != nil {
 		w.accept(p.ID, nil, w.m.pBypass)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
@@ -259,7 +260,7 @@ func TestActiveModeBehindSNAT(t *testing.T) {
 		Master: snatFlow.Orig, Src: server.Addr(), Dst: netip.MustParseAddrPort("198.51.100.1:1025"),
 		NAT: true, NATDir: conntrack.Reply, NATTo: netip.MustParseAddrPort("192.0.2.10:1025"), Timeout: 30 * time.Second,
 	}}
-	if diff := cmp.Diff(want, h.k.expects); diff != "" {
+	if diff := cmp.Diff(want, h.k.expects, equateNetip); diff != "" {
 		t.Errorf("expectations (-want +got):\n%s", diff)
 	}
 	if h.k.liberal != 1 {
@@ -383,7 +384,7 @@ func TestPassiveBehindSNATNoRewrite(t *testing.T) {
 	want := []conntrack.Expectation{{
 		Master: snatFlow.Orig, Src: client.Addr(), Dst: netip.MustParseAddrPort("198.51.100.20:50000"), Timeout: 30 * time.Second,
 	}}
-	if diff := cmp.Diff(want, h.k.expects); diff != "" {
+	if diff := cmp.Diff(want, h.k.expects, equateNetip); diff != "" {
 		t.Errorf("expectations (-want +got):\n%s", diff)
 	}
 	if h.k.liberal != 0 {
@@ -441,6 +442,8 @@ func TestNonCommandPacketAllocatesNothing(t *testing.T) {
 		t.Errorf("a packet without a command allocates %.1f times, want 0", allocs)
 	}
 }
+
+var equateNetip = cmpopts.EquateComparable(netip.Addr{}, netip.AddrPort{})
 
 type nopQueue struct{}
 

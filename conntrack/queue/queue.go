@@ -1,0 +1,290 @@
+// Package queue binds ftpalg to one NFQUEUE queue: it receives the control packets the
+// table of package rules sends there and gives each its verdict, now or later.
+//
+// # Allocations
+//
+// This package adds no allocation per packet: a Packet is a value built from the
+// attributes go-nfqueue decoded, and the hook closure is made once per Run.
+// go-nfqueue v2.1.0 and mdlayher/netlink v1.9.0 beneath it do allocate, per receive:
+// a page-sized read buffer (doubled until the datagram fits, so a 64 KiB packet costs a
+// few buffers), the []netlink.Message slice; per packet: a copy of the payload
+// (bytes.Clone, so Packet.Payload is the caller's to keep and to modify), and one small
+// heap object for each decoded attribute (the Attribute fields are pointers). Per verdict
+// it allocates the verdict header and the marshalled netlink message (plus the attribute
+// holding an altered payload).
+//
+// # Verdicts
+//
+// Every packet handed to the Run callback must get exactly one verdict, Accept or Drop,
+// from any goroutine, before or after the callback returns: a held packet waits in the
+// kernel queue (at most Config.MaxLen packets) until its verdict. Verdicts are sent
+// without an acknowledgement; a refused verdict (for example an altered payload in a
+// non-initial user namespace, EPERM) comes back asynchronously and reaches Run's onErr.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults applied to zero Config fields.
+const (
+	DefaultMaxLen  = 4096
+	DefaultReadBuf = 8 << 20
+	maxPacketLen   = 0xffff
+)
+
+// Config configures one queue.
+type Config struct {
+	Num      uint16
+	MaxLen   uint32 // kernel queue length, default 4096
+	FailOpen bool   // NfQaCfgFlagFailOpen: accept when the kernel queue is full
+	ReadBuf  int    // socket receive buffer bytes, default 8 MiB
+}
+
+// Packet is one queued packet. Payload starts at the IP header and belongs to the
+// receiver: it may be kept (for a later verdict) and modified in place.
+type Packet struct {
+	ID      uint32
+	Payload []byte
+	HWProto uint16 // link-layer protocol (EtherType), 0 when absent
+	InDev   uint32 // input interface index, 0 when absent
+	OutDev  uint32 // output interface index, 0 when absent
+}
+
+// Queue is an open NFQUEUE binding. Accept, Drop and Close are safe for concurrent use.
+type Queue struct {
+	cfg Config
+	nf  *nfqueue.Nfqueue
+
+	closing chan struct{} // closed by Close
+
+	mu      sync.Mutex
+	running bool
+	closed  bool
+}
+
+var (
+	// ErrClosed is returned by Run when the queue was closed while it ran.
+	ErrClosed = errors.New("queue closed")
+
+	errRunning = errors.New("queue already running or ran")
+)
+
+// Open opens the netlink socket for queue cfg.Num. The queue is bound, and packets
+// start to flow, when Run is called.
+func Open(cfg Config) (*Queue, error) {
+	if cfg.MaxLen == 0 {
+		cfg.MaxLen = DefaultMaxLen
+	}
+	if cfg.ReadBuf == 0 {
+		cfg.ReadBuf = DefaultReadBuf
+	}
+	var flags uint32
+	if cfg.FailOpen {
+		flags |= nfqueue.NfQaCfgFlagFailOpen
+	}
+	nf, err := nfqueue.Open(&nfqueue.Config{
+		NfQueue:      cfg.Num,
+		MaxQueueLen:  cfg.MaxLen,
+		MaxPacketLen: maxPacketLen,
+		Copymode:     nfqueue.NfQnlCopyPacket,
+		Flags:        flags,
+		// Since Linux 3.8 a queue carries IPv4 and IPv6 whatever family is given here.
+		AfFamily: unix.AF_INET,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open queue %d: %w", cfg.Num, err)
+	}
+	q := &Queue{cfg: cfg, nf: nf, closing: make(chan struct{})}
+	// Without NoENOBUFS an overrun receive buffer makes every later receive fail with
+	// ENOBUFS; with it the kernel drops (or, with FailOpen, accepts) and goes on.
+	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
+		nf.Close()
+		return nil, fmt.Errorf("open queue %d: set NETLINK_NO_ENOBUFS: %w", cfg.Num, err)
+	}
+	if err := setReadBuffer(nf.Con, cfg.ReadBuf); err != nil {
+		nf.Close()
+		return nil, fmt.Errorf("open queue %d: set receive buffer %d: %w", cfg.Num, cfg.ReadBuf, err)
+	}
+	return q, nil
+}
+
+// setReadBuffer sets the receive buffer to n bytes, beyond net.core.rmem_max when the
+// process may (SO_RCVBUFFORCE needs CAP_NET_ADMIN, which NFQUEUE needs anyway).
+func setReadBuffer(c *netlink.Conn, n int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+	}); err != nil {
+		return err
+	}
+	if serr == nil {
+		return nil
+	}
+	return c.SetReadBuffer(n)
+}
+
+// ReadBuffer returns the socket's receive buffer size as the kernel reports it (twice
+// the size asked for, for its bookkeeping).
+func (q *Queue) ReadBuffer() (int, error) {
+	return q.nf.Con.ReadBuffer()
+}
+
+// Run binds the queue and calls fn for every packet until ctx ends; it then returns nil,
+// fn no longer running, and the receive loop unbinds the queue. fn runs on one
+// goroutine, one packet at a time; each packet must get a verdict with Accept or Drop,
+// now or later. Receive errors go to onErr (nil: ignored) and do not stop the loop.
+// Run returns ErrClosed if the queue is closed meanwhile (fn may then run until Close
+// returns), and an error at once if the queue cannot be bound (EPERM: another socket
+// holds the queue, or no CAP_NET_ADMIN over the network namespace). Run may be called once.
+func (q *Queue) Run(ctx context.Context, fn func(Packet), onErr func(error)) error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return ErrClosed
+	}
+	if q.running {
+		q.mu.Unlock()
+		return errRunning
+	}
+	q.running = true
+	q.mu.Unlock()
+
+	if onErr == nil {
+		onErr = func(error) {}
+	}
+	// stopped reports why the receive loop ended by itself. fnMu is held while fn runs;
+	// once stop is set, fn is never called again.
+	stopped := make(chan error, 1)
+	report := func(err error) {
+		select {
+		case stopped <- err:
+		default:
+		}
+	}
+	var (
+		fnMu sync.Mutex
+		stop bool
+	)
+	hook := func(a nfqueue.Attribute) int {
+		if a.PacketID == nil {
+			return 0 // nothing to give a verdict to
+		}
+		fnMu.Lock()
+		defer fnMu.Unlock()
+		if stop {
+			return 1
+		}
+		fn(packetOf(&a))
+		return 0
+	}
+	errFn := func(err error) int {
+		if ctx.Err() != nil {
+			// go-nfqueue ends a blocked receive with a past read deadline.
+			report(nil)
+			return 1
+		}
+		if q.isClosed() {
+			report(ErrClosed)
+			return 1
+		}
+		onErr(fmt.Errorf("queue %d: receive: %w", q.cfg.Num, err))
+		return 0
+	}
+	if err := q.nf.RegisterWithErrorFunc(ctx, hook, errFn); err != nil {
+		q.mu.Lock()
+		q.running = false
+		q.mu.Unlock()
+		return fmt.Errorf("bind queue %d: %w", q.cfg.Num, err)
+	}
+	select {
+	case err := <-stopped:
+		return err
+	case <-q.closing:
+		return ErrClosed
+	case <-ctx.Done():
+	}
+	// The loop ends by itself (go-nfqueue then unbinds the queue; the kernel drops the
+	// packets still waiting for a verdict). Make sure fn is not running and will not run
+	// again when Run returns.
+	fnMu.Lock()
+	stop = true
+	fnMu.Unlock()
+	return nil
+}
+
+func (q *Queue) isClosed() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.closed
+}
+
+// packetOf copies the attributes ftpalg uses out of a; it does not allocate.
+func packetOf(a *nfqueue.Attribute) Packet {
+	p := Packet{ID: *a.PacketID}
+	if a.Payload != nil {
+		p.Payload = *a.Payload
+	}
+	if a.HwProtocol != nil {
+		p.HWProto = *a.HwProtocol
+	}
+	if a.InDev != nil {
+		p.InDev = *a.InDev
+	}
+	if a.OutDev != nil {
+		p.OutDev = *a.OutDev
+	}
+	return p
+}
+
+// Accept releases packet id; altered, when not nil, replaces the packet (from the IP
+// header on; lengths and checksums are the caller's).
+func (q *Queue) Accept(id uint32, altered []byte) error {
+	var err error
+	if altered == nil {
+		err = q.nf.SetVerdict(id, nfqueue.NfAccept)
+	} else {
+		err = q.nf.SetVerdictModPacket(id, nfqueue.NfAccept, altered)
+	}
+	if err != nil {
+		return fmt.Errorf("queue %d: accept packet %d: %w", q.cfg.Num, id, err)
+	}
+	return nil
+}
+
+// Drop drops packet id.
+func (q *Queue) Drop(id uint32) error {
+	if err := q.nf.SetVerdict(id, nfqueue.NfDrop); err != nil {
+		return fmt.Errorf("queue %d: drop packet %d: %w", q.cfg.Num, id, err)
+	}
+	return nil
+}
+
+// Close closes the socket; the kernel then drops the packets still waiting for a
+// verdict (or, with the rules' FailOpen bypass, later packets pass). A running Run
+// returns ErrClosed, or nil when its context had ended.
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closed = true
+	close(q.closing)
+	q.mu.Unlock()
+	if err := q.nf.Close(); err != nil {
+		return fmt.Errorf("close queue %d: %w", q.cfg.Num, err)
+	}
+	return nil
+}

@@ -1,0 +1,510 @@
+package rules
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults applied to a zero Config field.
+const (
+	DefaultTable  = "ftpalg"
+	DefaultHelper = "ftpalg-carrier"
+)
+
+// Names of the objects inside the table. Tests and operators refer to them.
+const (
+	SetPorts            = "ports"
+	ChainPrerouting     = "prerouting"
+	ChainOutputHelper   = "output_helper"
+	ChainForward        = "forward"
+	ChainInput          = "input"
+	ChainOutput         = "output"
+	ChainNATPrerouting  = "nat_prerouting"
+	ChainNATInput       = "nat_input"
+	ChainNATOutput      = "nat_output"
+	ChainNATPostrouting = "nat_postrouting"
+)
+
+// QueuePriority is the priority of the queue chains: after conntrack (-200) and
+// destination NAT (-100), before the usual filter chains (0) and source NAT (100).
+// doc.go explains the choice.
+const QueuePriority = -10
+
+// carrierHelperType is the kernel conntrack helper used as the inert carrier.
+const carrierHelperType = "sane"
+
+// NFQUEUE xtables target, revision 3 (struct xt_NFQ_info_v3).
+const (
+	nfqueueTarget   = "NFQUEUE"
+	nfqueueRev      = 3
+	nfqFlagBypass   = 0x01
+	nfqInfoSize     = 8 // 3 × u16, padded to the 8-byte XT_ALIGN the kernel checks
+	loopbackIfname  = "lo"
+	ifnameSize      = unix.IFNAMSIZ
+	ctDirOriginal   = 0 // IP_CT_DIR_ORIGINAL
+	ctDirReply      = 1 // IP_CT_DIR_REPLY
+	tcpDportOffset  = 2
+	tcpSportOffset  = 0
+	tcpPortLen      = 2
+	objTypeCtHelper = unix.NFT_OBJECT_CT_HELPER
+)
+
+// Config describes the table ftpalg installs.
+type Config struct {
+	Table    string   // default "ftpalg"; family inet (IPv4 and IPv6)
+	Ports    []uint16 // control ports, e.g. 21
+	Queue    uint16   // first queue number
+	Queues   uint16   // number of queues (≥1, 0 means 1); >1 balances over Queue..Queue+Queues-1
+	FailOpen bool     // NFQ_FLAG_BYPASS: accept when no program listens on the queue
+	Helper   string   // carrier ct helper object name, default "ftpalg-carrier"
+}
+
+// Errors Install returns for a configuration it cannot install.
+var (
+	ErrNoPorts    = errors.New("no control ports")
+	errPortZero   = errors.New("port 0 is not a control port")
+	errQueueRange = errors.New("queue range exceeds 65535")
+	errBadName    = errors.New("name must be 1-255 characters of letters, digits, '-', '_' or '.'")
+	// ErrNoHelper: the kernel has no "sane" conntrack helper for the carrier.
+	ErrNoHelper = errors.New(`conntrack helper "sane" unavailable (CONFIG_NF_CONNTRACK_SANE, module nf_conntrack_sane)`)
+)
+
+// normalized returns cfg with defaults applied and the ports sorted and deduplicated.
+func (cfg Config) normalized() Config {
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	if cfg.Helper == "" {
+		cfg.Helper = DefaultHelper
+	}
+	if cfg.Queues == 0 {
+		cfg.Queues = 1
+	}
+	ports := slices.Clone(cfg.Ports)
+	slices.Sort(ports)
+	cfg.Ports = slices.Compact(ports)
+	return cfg
+}
+
+// validate checks a normalized Config.
+func (cfg Config) validate() error {
+	if len(cfg.Ports) == 0 {
+		return ErrNoPorts
+	}
+	if cfg.Ports[0] == 0 {
+		return errPortZero
+	}
+	if int(cfg.Queue)+int(cfg.Queues)-1 > 0xffff {
+		return fmt.Errorf("queue %d, %d queues: %w", cfg.Queue, cfg.Queues, errQueueRange)
+	}
+	for _, n := range []string{cfg.Table, cfg.Helper} {
+		if !validName(n) {
+			return fmt.Errorf("%q: %w", n, errBadName)
+		}
+	}
+	return nil
+}
+
+// validName keeps table and object names to what nft accepts unquoted, so that Render's
+// text and the installed table agree.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 255 {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
+		case (r >= '0' && r <= '9') || r == '-' || r == '_' || r == '.':
+			if i == 0 {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Render returns the ruleset as `nft -f` text: what Install installs, in one
+// transaction (nft -f loads a file as one batch). The queue rules use the native queue
+// statement, the closest text form of the xtables NFQUEUE target Install writes; a
+// comment in the text says so.
+func Render(cfg Config) string {
+	cfg = cfg.normalized()
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	ports := make([]string, len(cfg.Ports))
+	for i, p := range cfg.Ports {
+		ports[i] = strconv.Itoa(int(p))
+	}
+	queue := renderQueue(cfg)
+
+	w("# ftpalg: FTP control-channel rules (nftables table inet %s)\n", cfg.Table)
+	w("# Installed through netlink as one batch that also replaces a stale table of this name.\n")
+	w("# The queue rules are installed as the xtables NFQUEUE target (nft_compat, revision 3);\n")
+	w("# %q is its closest nft text form, which needs a kernel with nft_queue\n", queue)
+	w("# (CONFIG_NFT_QUEUE) to load from this text. nft lists the installed rules as that\n")
+	w("# statement or as an xt target, depending on the nft version.\n")
+	w("table inet %s\n", cfg.Table)
+	w("delete table inet %s\n", cfg.Table)
+	w("table inet %s {\n", cfg.Table)
+	// The order is nft's listing order, so that the text compares with `nft list table`.
+	w("\tct helper %s {\n\t\ttype %q protocol tcp\n\t\tl3proto inet\n\t}\n\n", cfg.Helper, carrierHelperType)
+	w("\tset %s {\n\t\ttype inet_service\n", SetPorts)
+	if len(ports) > 0 {
+		w("\t\telements = { %s }\n", strings.Join(ports, ", "))
+	}
+	w("\t}\n")
+	for _, c := range chains(cfg) {
+		w("\n\tchain %s {\n", c.name)
+		if c.nat {
+			w("\t\ttype nat hook %s priority %s; policy accept;\n", c.hook, renderNATPriority(c.hook, c.priority))
+		} else {
+			w("\t\ttype filter hook %s priority %s; policy accept;\n", c.hook, renderPriority(c.priority))
+		}
+		for _, r := range c.rules {
+			w("\t\t%s\n", r.text(cfg, queue))
+		}
+		w("\t}\n")
+	}
+	w("}\n")
+	return b.String()
+}
+
+func renderQueue(cfg Config) string {
+	s := "queue num " + strconv.Itoa(int(cfg.Queue))
+	if cfg.Queues > 1 {
+		s += "-" + strconv.Itoa(int(cfg.Queue)+int(cfg.Queues)-1)
+	}
+	if cfg.FailOpen {
+		s += " bypass"
+	}
+	return s
+}
+
+// renderNATPriority names the standard NAT priorities as nft lists them: by name only at
+// the hooks where nft accepts the name (dstnat at prerouting, srcnat at postrouting).
+func renderNATPriority(hook string, p int32) string {
+	switch {
+	case hook == "prerouting" && p == natDstPriority:
+		return "dstnat"
+	case hook == "postrouting" && p == natSrcPriority:
+		return "srcnat"
+	}
+	return strconv.Itoa(int(p))
+}
+
+func renderPriority(p int32) string {
+	switch {
+	case p == 0:
+		return "filter"
+	case p < 0:
+		return fmt.Sprintf("filter - %d", -p)
+	default:
+		return fmt.Sprintf("filter + %d", p)
+	}
+}
+
+// ruleKind names the few rules of the table; the text and the expressions of each are
+// written side by side so that Render and Install cannot drift apart unnoticed.
+type ruleKind int
+
+const (
+	ruleCarrier ruleKind = iota
+	ruleQueueOriginal
+	ruleQueueReply
+)
+
+type rule struct {
+	kind     ruleKind
+	skipLoIn bool // input chain: skip packets arriving on lo
+}
+
+func (r rule) text(cfg Config, queue string) string {
+	var s string
+	if r.skipLoIn {
+		s = fmt.Sprintf("iifname != %q ", loopbackIfname)
+	}
+	switch r.kind {
+	case ruleCarrier:
+		s += fmt.Sprintf("ct state new tcp dport @%s ct helper set %q", SetPorts, cfg.Helper)
+	case ruleQueueOriginal:
+		s += fmt.Sprintf("ct direction original tcp dport @%s %s", SetPorts, queue)
+	case ruleQueueReply:
+		s += fmt.Sprintf("ct direction reply tcp sport @%s %s", SetPorts, queue)
+	}
+	return s
+}
+
+type chainSpec struct {
+	nat      bool // an empty NAT chain (see natChains)
+	name     string
+	hook     string
+	hooknum  *nftables.ChainHook
+	priority int32
+	rules    []rule
+}
+
+func chains(cfg Config) []chainSpec {
+	carrier := []rule{{kind: ruleCarrier}}
+	queue := func(skipLo bool) []rule {
+		return []rule{
+			{kind: ruleQueueOriginal, skipLoIn: skipLo},
+			{kind: ruleQueueReply, skipLoIn: skipLo},
+		}
+	}
+	return []chainSpec{
+		{name: ChainPrerouting, hook: "prerouting", hooknum: nftables.ChainHookPrerouting, rules: carrier},
+		{name: ChainOutputHelper, hook: "output", hooknum: nftables.ChainHookOutput, rules: carrier},
+		{name: ChainForward, hook: "forward", hooknum: nftables.ChainHookForward, priority: QueuePriority, rules: queue(false)},
+		{name: ChainInput, hook: "input", hooknum: nftables.ChainHookInput, priority: QueuePriority, rules: queue(true)},
+		{name: ChainOutput, hook: "output", hooknum: nftables.ChainHookOutput, priority: QueuePriority, rules: queue(false)},
+		// Empty NAT chains. The kernel applies NAT only at hooks where some NAT chain is
+		// registered in the namespace, and that includes the NAT a pinhole carries
+		// (nat-follow-master): on a router whose own ruleset has only a postrouting masquerade,
+		// the DNAT of an active-mode data connection to the inside client would silently not
+		// happen. These chains register the four NAT hooks; with no rules they translate
+		// nothing and let the operator's NAT chains decide.
+		{nat: true, name: ChainNATPrerouting, hook: "prerouting", hooknum: nftables.ChainHookPrerouting, priority: natDstPriority},
+		{nat: true, name: ChainNATInput, hook: "input", hooknum: nftables.ChainHookInput, priority: natSrcPriority},
+		{nat: true, name: ChainNATOutput, hook: "output", hooknum: nftables.ChainHookOutput, priority: natDstPriority},
+		{nat: true, name: ChainNATPostrouting, hook: "postrouting", hooknum: nftables.ChainHookPostrouting, priority: natSrcPriority},
+	}
+}
+
+// Standard NAT priorities (nft's dstnat and srcnat).
+const (
+	natDstPriority = -100
+	natSrcPriority = 100
+)
+
+// exprs returns the expressions of r, the netlink form of r.text.
+func (r rule) exprs(cfg Config, set *nftables.Set) []expr.Any {
+	var e []expr.Any
+	if r.skipLoIn {
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(loopbackIfname)},
+		)
+	}
+	tcpPort := func(offset uint32) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offset, Len: tcpPortLen},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+		}
+	}
+	switch r.kind {
+	case ruleCarrier:
+		e = append(e,
+			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+			&expr.Bitwise{
+				SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW),
+				Xor:  binaryutil.NativeEndian.PutUint32(0),
+			},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		)
+		e = append(e, tcpPort(tcpDportOffset)...)
+		e = append(e, &expr.Objref{Type: objTypeCtHelper, Name: cfg.Helper})
+	case ruleQueueOriginal, ruleQueueReply:
+		dir, off := byte(ctDirOriginal), uint32(tcpDportOffset)
+		if r.kind == ruleQueueReply {
+			dir, off = ctDirReply, tcpSportOffset
+		}
+		e = append(e,
+			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{dir}},
+		)
+		e = append(e, tcpPort(off)...)
+		e = append(e, nfqueueExpr(cfg))
+	}
+	return e
+}
+
+// nfqueueExpr is the xtables NFQUEUE target, revision 3.
+func nfqueueExpr(cfg Config) *expr.Target {
+	info := make(xt.Unknown, nfqInfoSize)
+	binary.NativeEndian.PutUint16(info[0:], cfg.Queue)
+	binary.NativeEndian.PutUint16(info[2:], cfg.Queues)
+	var flags uint16
+	if cfg.FailOpen {
+		flags |= nfqFlagBypass
+	}
+	binary.NativeEndian.PutUint16(info[4:], flags)
+	return &expr.Target{Name: nfqueueTarget, Rev: nfqueueRev, Info: &info}
+}
+
+func ifname(s string) []byte {
+	b := make([]byte, ifnameSize)
+	copy(b, s)
+	return b
+}
+
+func table(cfg Config) *nftables.Table {
+	return &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
+}
+
+// queueBatch buffers on c the whole table: a stale table of that name is deleted first
+// (adding an existing table is a no-op, so add+delete never fails), all in c's batch.
+func queueBatch(c *nftables.Conn, cfg Config) error {
+	t := table(cfg)
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+
+	set := &nftables.Set{Table: t, Name: SetPorts, KeyType: nftables.TypeInetService}
+	elems := make([]nftables.SetElement, len(cfg.Ports))
+	for i, p := range cfg.Ports {
+		elems[i] = nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(p)}
+	}
+	if err := c.AddSet(set, elems); err != nil {
+		return fmt.Errorf("add set %s: %w", SetPorts, err)
+	}
+	c.AddObj(&nftables.NamedObj{
+		Table: t,
+		Name:  cfg.Helper,
+		Type:  nftables.ObjTypeCtHelper,
+		Obj: &expr.CtHelper{
+			Name:    carrierHelperType,
+			L3Proto: unix.NFPROTO_INET,
+			L4Proto: unix.IPPROTO_TCP,
+		},
+	})
+	accept := nftables.ChainPolicyAccept
+	for _, cs := range chains(cfg) {
+		typ := nftables.ChainTypeFilter
+		if cs.nat {
+			typ = nftables.ChainTypeNAT
+		}
+		ch := c.AddChain(&nftables.Chain{
+			Name:     cs.name,
+			Table:    t,
+			Type:     typ,
+			Hooknum:  cs.hooknum,
+			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(cs.priority)),
+			Policy:   &accept,
+		})
+		for _, r := range cs.rules {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.exprs(cfg, set)})
+		}
+	}
+	return nil
+}
+
+// Install installs the table in one atomic batch, replacing a stale table of the same
+// name. When the batch fails with ENOENT and the cause is the missing "sane" helper
+// (module nf_conntrack_sane), Install runs `modprobe nf_conntrack_sane` and tries once
+// more; if that fails too the error wraps ErrNoHelper.
+func Install(cfg Config) error {
+	cfg = cfg.normalized()
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("install table inet %s: %w", cfg.Table, err)
+	}
+	err := install(cfg)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("install table inet %s: %w", cfg.Table, err)
+	}
+	if perr := probeHelper(cfg); !errors.Is(perr, unix.ENOENT) {
+		return fmt.Errorf("install table inet %s: %w (the kernel lacks an nftables feature "+
+			"ftpalg needs: nft_compat with the xt NFQUEUE target, nft ct or nft lookup)", cfg.Table, err)
+	}
+	out, mpErr := exec.Command("modprobe", saneModule).CombinedOutput()
+	if mpErr != nil {
+		return fmt.Errorf("install table inet %s: %w: modprobe %s: %v: %s (%w)",
+			cfg.Table, ErrNoHelper, saneModule, mpErr, strings.TrimSpace(string(out)), err)
+	}
+	if err := install(cfg); err != nil {
+		if errors.Is(probeHelper(cfg), unix.ENOENT) {
+			return fmt.Errorf("install table inet %s after modprobe %s: %w (%w)", cfg.Table, saneModule, ErrNoHelper, err)
+		}
+		return fmt.Errorf("install table inet %s after modprobe %s: %w", cfg.Table, saneModule, err)
+	}
+	return nil
+}
+
+// saneModule provides the "sane" conntrack helper.
+const saneModule = "nf_conntrack_sane"
+
+func install(cfg Config) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	if err := queueBatch(c, cfg); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+// probeHelper creates, in a batch that leaves nothing behind, a scratch table holding
+// only a carrier helper object, and returns the kernel's answer (ENOENT: no "sane"
+// helper). The scratch table is created exclusively, so that a table of that name, were
+// there one, is left alone (the probe then fails with EEXIST).
+func probeHelper(cfg Config) error { return probeHelperType(cfg.Helper, carrierHelperType) }
+
+func probeHelperType(name, typ string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: fmt.Sprintf("ftpalg-probe-%d", os.Getpid()), Family: nftables.TableFamilyINet}
+	c.CreateTable(t)
+	c.AddObj(&nftables.NamedObj{
+		Table: t, Name: name, Type: nftables.ObjTypeCtHelper,
+		Obj: &expr.CtHelper{Name: typ, L3Proto: unix.NFPROTO_INET, L4Proto: unix.IPPROTO_TCP},
+	})
+	c.DelTable(t)
+	return c.Flush()
+}
+
+// Remove deletes the table. A missing table is not an error.
+func Remove(cfg Config) error {
+	cfg = cfg.normalized()
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("remove table inet %s: %w", cfg.Table, err)
+	}
+	t := table(cfg)
+	c.AddTable(t) // no-op when present; makes the delete succeed when absent
+	c.DelTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("remove table inet %s: %w", cfg.Table, err)
+	}
+	return nil
+}
+
+// Installed reports whether the table exists (whatever it contains).
+func Installed(cfg Config) (bool, error) {
+	cfg = cfg.normalized()
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("list tables: %w", err)
+	}
+	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("list tables: %w", err)
+	}
+	for _, t := range ts {
+		if t.Name == cfg.Table {
+			return true, nil
+		}
+	}
+	return false, nil
+}
