@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 
-.PHONY: all build deps test fmt-check vet unit fuzz-short fuzz demo bench clean
+.PHONY: all build deps test fmt-check vet unit fuzz-short fuzz demo bench clean image manifests
 
 all: build
 
@@ -40,7 +40,7 @@ fuzz-short:
 fuzz:
 	$(MAKE) fuzz-short FUZZTIME=5m
 
-test: fmt-check vet unit
+test: fmt-check vet manifests unit
 
 demo: deps build
 	$(GO) run ./e2e/cmd/demo -ftpalg bin/ftpalg
@@ -50,3 +50,23 @@ bench:
 
 clean:
 	rm -rf bin
+
+# The container image (deploy/Containerfile, FROM scratch + bin/ftpalg), reproducible: the
+# timestamps are the last commit's, buildah's own version label is left out.
+IMAGE             ?= localhost/ftpalg
+PODMAN            ?= podman --storage-driver vfs --runtime runc
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+REVISION          ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+
+image: build
+	$(PODMAN) build --layers=false --timestamp $(SOURCE_DATE_EPOCH) --identity-label=false \
+	  --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
+	  --build-arg CREATED=$$(date -u -d @$(SOURCE_DATE_EPOCH) +%Y-%m-%dT%H:%M:%SZ) \
+	  -f deploy/Containerfile -t $(IMAGE):$(VERSION) -t $(IMAGE):latest bin
+	@$(PODMAN) image inspect --format '{{.Id}} {{.Size}} bytes' $(IMAGE):$(VERSION)
+
+# Offline validation of the Kubernetes manifests and the Compose file (deploy/manifestcheck, a
+# module of its own so that the Kubernetes libraries stay out of ftpalg's go.mod).
+manifests:
+	cd deploy/manifestcheck && $(GO) vet ./... && $(GO) test -count=1 ./... && \
+	  $(GO) run . -compose ../compose.yaml ../kubernetes/*.yaml

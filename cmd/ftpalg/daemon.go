@@ -47,8 +47,10 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	defer events.Close()
 
-	if err := rules.Install(rcfg); err != nil {
-		return fmt.Errorf("install nftables table %q: %w", rcfg.Table, err)
+	// A stale table left by a crashed run may still send packets to the queues; remove it so
+	// that nothing is queued while the queues bind (see queue.Bound).
+	if err := rules.Remove(rcfg); err != nil {
+		return fmt.Errorf("remove stale nftables table %q: %w", rcfg.Table, err)
 	}
 	removed := false
 	removeRules := func() {
@@ -67,6 +69,7 @@ func (d *daemon) Run(ctx context.Context) error {
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
 	pins := newPinholes(runCtx, ct, d.log, d.m, d.cfg.PinholeTimeout)
+	st := d.openState(ct)
 
 	var queues []*queue.Queue
 	defer func() {
@@ -82,7 +85,9 @@ func (d *daemon) Run(ctx context.Context) error {
 			return fmt.Errorf("open queue %d: %w", num, err)
 		}
 		queues = append(queues, q)
-		workers = append(workers, newWorker(i, d.cfg, ct, q, pins, d.log, d.m))
+		w := newWorker(i, d.cfg, ct, q, pins, d.log, d.m)
+		w.st = st
+		workers = append(workers, w)
 	}
 
 	g, gctx := errgroup.WithContext(runCtx)
@@ -107,6 +112,24 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+
+	// The rules go in only once every queue is bound.
+	for i, q := range queues {
+		select {
+		case <-q.Bound():
+		case <-gctx.Done():
+			stopRun()
+			if err := g.Wait(); err != nil {
+				return err
+			}
+			return fmt.Errorf("queue %d: not bound", d.cfg.Queue+uint16(i))
+		}
+	}
+	if err := rules.Install(rcfg); err != nil {
+		stopRun()
+		g.Wait()
+		return fmt.Errorf("install nftables table %q: %w", rcfg.Table, err)
+	}
 
 	var srv *http.Server
 	if d.cfg.MetricsListen != "" {
@@ -147,6 +170,34 @@ func (d *daemon) Run(ctx context.Context) error {
 		runErr = nil
 	}
 	return runErr
+}
+
+// openState loads the sessions an earlier run left (restart persistence, see state.go) and
+// drops those whose control connection is gone. Without a usable directory ftpalg runs on,
+// without persistence, and says so.
+func (d *daemon) openState(ct *conntrack.Conn) *stateStore {
+	dir, err := stateDir()
+	var st *stateStore
+	var n int
+	if err == nil {
+		st, n, err = openState(dir, time.Now())
+	}
+	if err != nil {
+		d.log.Warn(evError, "op", "state", "err", err.Error(), "effect", "sessions rewritten before a restart will not survive it")
+		return nil
+	}
+	gone := 0
+	for k := range st.restore {
+		if _, err := ct.Lookup(conntrack.Tuple{Src: k.client, Dst: k.server}); errors.Is(err, conntrack.ErrNotFound) {
+			st.claim(k)
+			st.remove(k)
+			gone++
+		}
+	}
+	if n > 0 {
+		d.log.Info("state_loaded", "dir", dir, "sessions", n-gone, "gone", gone)
+	}
+	return st
 }
 
 func (d *daemon) metricsServer() *http.Server {

@@ -32,7 +32,7 @@ type verdicter interface {
 const (
 	inboxLen        = 4096                   // packets waiting for a worker; beyond: dropped and counted
 	holdTimeout     = 250 * time.Millisecond // how long a segment ending mid-command is held back
-	closedLinger    = 30 * time.Second       // a closed session keeps adjusting late FIN/ACK retransmissions
+	closedLinger    = 10 * time.Second       // a closed session keeps adjusting late FIN/ACK retransmissions
 	idleTimeout     = 2 * time.Hour          // a session with no packet for this long is forgotten
 	maxSessions     = 1 << 17                // per worker
 	maxPerClient    = 256                    // sessions per client address, per worker
@@ -67,8 +67,11 @@ type session struct {
 	lastSeen time.Time
 	closedAt time.Time
 	held     [2]*held
-	rewrites int
-	pinholes int
+
+	closeLogged bool
+	persisted   bool // a state file exists for this session
+	rewrites    int
+	pinholes    int
 }
 
 type ctlKind uint8
@@ -94,6 +97,7 @@ type worker struct {
 	k     kernel
 	q     verdicter
 	pins  *pinholes
+	st    *stateStore // nil: no restart persistence
 	log   *slog.Logger
 	m     *metrics
 	in    chan queue.Packet
@@ -200,6 +204,9 @@ func (w *worker) drain() {
 			w.handle(p, time.Now())
 		default:
 			w.releaseHeld(time.Now(), true)
+			for _, s := range w.sessions {
+				w.removeSession(s, "shutdown")
+			}
 			return
 		}
 	}
@@ -240,7 +247,7 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 			w.accept(p.ID, nil, w.m.pBypass)
 			return
 		}
-		if s = w.newSession(key, now); s == nil {
+		if s = w.newSession(key, now, w.pkt.SYN()); s == nil {
 			w.accept(p.ID, nil, w.m.pBypass)
 			return
 		}
@@ -328,8 +335,10 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		w.releaseOne(s, dir)
 	}
 	w.applyAndRelease(s, dir, p.ID)
-	if s.eng.Closed() && s.closedAt.IsZero() {
+	if s.closedAt.IsZero() && s.eng.Closed() {
+		// Logged now; the state lingers to adjust retransmitted FINs and the last ACKs.
 		s.closedAt = now
+		w.logClose(s, closeReason(w.pkt.RST()))
 	}
 }
 
@@ -392,8 +401,17 @@ func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
 	}
 	if err != nil {
 		w.logWarn(s.key, "adjust", err)
+		if s.nat.Active() {
+			// Released as it is, the packet would carry unadjusted numbers or unrewritten bytes
+			// into a stream that is already shifted: drop it and let TCP retransmit.
+			w.drop(id)
+			return
+		}
 		w.accept(id, nil, w.m.pAccept)
 		return
+	}
+	if len(w.edits) > 0 {
+		w.persist(s) // before the verdict: the rewrite must survive a crash right after it
 	}
 	if changed {
 		w.accept(id, out, w.m.pModified)
@@ -405,6 +423,13 @@ func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
 func (w *worker) accept(id uint32, altered []byte, c interface{ Inc() }) {
 	c.Inc()
 	if err := w.q.Accept(id, altered); err != nil {
+		w.m.queueErrors.Inc()
+	}
+}
+
+func (w *worker) drop(id uint32) {
+	w.m.pDrop.Inc()
+	if err := w.q.Drop(id); err != nil {
 		w.m.queueErrors.Inc()
 	}
 }
@@ -435,8 +460,10 @@ func (w *worker) releaseOne(s *session, dir alg.Dir) {
 	}
 	out, changed, err := s.nat.Apply(&w.hpkt, d, nil, w.maxLen(), w.out[:0])
 	switch {
+	case err != nil && s.nat.Active():
+		w.drop(h.id)
 	case err != nil:
-		w.accept(h.id, nil, w.m.pAccept)
+		w.accept(h.id, h.bytes, w.m.pAccept)
 	case changed:
 		w.accept(h.id, out, w.m.pModified)
 	default:
@@ -461,7 +488,7 @@ func (w *worker) releaseHeld(now time.Time, all bool) {
 	}
 }
 
-func (w *worker) newSession(key sessKey, now time.Time) *session {
+func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 	if len(w.sessions) >= maxSessions || w.perClient[key.client.Addr()] >= maxPerClient {
 		w.m.rejections.WithLabelValues("session_limit").Inc()
 		if w.warn.allow(now) {
@@ -474,8 +501,39 @@ func (w *worker) newSession(key sessKey, now time.Time) *session {
 	w.perClient[key.client.Addr()]++
 	w.m.sessions.Inc()
 	w.m.sessionsTotal.Inc()
-	w.logEvent(evSessionOpen, key, slog.Int("worker", w.id))
+	restored := false
+	if saved, ok := w.st.claim(key); ok {
+		// A connection met again after a restart. A SYN means the 4-tuple was reused by a new
+		// connection: the saved state belongs to a dead one.
+		if !syn {
+			if err := s.nat.UnmarshalBinary(saved.NAT); err != nil {
+				w.logEvent(evError, key, slog.String("op", "restore_state"), slog.String("err", err.Error()))
+			} else {
+				s.liberal, s.persisted, restored = saved.Liberal, true, true
+			}
+		}
+		if !restored {
+			w.st.remove(key)
+		}
+	}
+	w.logEvent(evSessionOpen, key, slog.Int("worker", w.id), slog.Bool("restored", restored))
 	return s
+}
+
+// persist saves the session's rewriting state so that a restarted ftpalg can go on adjusting.
+func (w *worker) persist(s *session) {
+	if w.st == nil || !s.nat.Active() {
+		return
+	}
+	b, err := s.nat.MarshalBinary()
+	if err == nil {
+		err = w.st.save(sessionState{Client: s.key.client, Server: s.key.server, Liberal: s.liberal, NAT: b, Saved: time.Now()})
+	}
+	if err != nil {
+		w.logWarn(s.key, "save_state", err)
+		return
+	}
+	s.persisted = true
 }
 
 func (w *worker) lookupFlow(s *session) {
@@ -507,8 +565,28 @@ func (w *worker) removeSession(s *session, reason string) {
 	}
 	w.pins.sessionGone(s.key)
 	w.m.sessions.Dec()
+	switch {
+	case reason == "shutdown":
+		w.persist(s) // the next run takes over
+	case s.persisted:
+		w.st.remove(s.key)
+	}
+	if !s.closeLogged {
+		w.logClose(s, reason)
+	}
+}
+
+func (w *worker) logClose(s *session, reason string) {
+	s.closeLogged = true
 	w.logEvent(evSessionClose, s.key, slog.String("reason", reason),
 		slog.Int("rewrites", s.rewrites), slog.Int("pinholes", s.pinholes))
+}
+
+func closeReason(rst bool) string {
+	if rst {
+		return "rst"
+	}
+	return "fin"
 }
 
 func (w *worker) control(m ctlMsg, now time.Time) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -483,5 +484,64 @@ func TestRunFlags(t *testing.T) {
 				t.Errorf("config = %+v", cfg)
 			}
 		})
+	}
+}
+
+func TestRestartKeepsSequenceAdjustment(t *testing.T) {
+	dir := t.TempDir()
+	st, _, err := openState(dir, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, nil)
+	h.w.st = st
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n") // grows by 2: the state is saved
+	growth := uint32(2)
+
+	// kill -9: the worker is gone without a shutdown. A new run loads the directory.
+	st2, n, err := openState(dir, time.Now())
+	if err != nil || n != 1 {
+		t.Fatalf("openState after restart = %d sessions, %v; want 1", n, err)
+	}
+	h2 := newHarness(t, nil)
+	h2.w.st = st2
+	h2.cseq, h2.sseq = h.cseq, h.sseq
+	// The server's next packet acknowledges the rewritten stream: the client must see its own
+	// numbering, as before the restart.
+	v := onlyVerdict(t, h2.send(tcpPacket(t, server, client, h2.sseq, h2.cseq+growth, false, false, "200 ok\r\n")))
+	if v.altered == nil {
+		t.Fatal("after restart the server's ack was released unadjusted")
+	}
+	if _, tcp := decoded(t, v.altered); tcp.Ack != h2.cseq {
+		t.Errorf("ack after restart = %d, want %d", tcp.Ack, h2.cseq)
+	}
+	if ev := h2.events(evSessionOpen); len(ev) != 1 || ev[0]["restored"] != true {
+		t.Errorf("session_open after restart = %v, want restored=true", ev)
+	}
+
+	// A clean end of the session removes its file.
+	h2.w.removeSession(h2.w.sessions[sessKey{client, server}], "fin")
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("state files left after the session ended: %v", ents)
+	}
+}
+
+func TestSYNDiscardsStaleState(t *testing.T) {
+	dir := t.TempDir()
+	st, _, _ := openState(dir, time.Now())
+	h := newHarness(t, nil)
+	h.w.st = st
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+
+	st2, _, _ := openState(dir, time.Now())
+	h2 := newHarness(t, nil)
+	h2.w.st = st2
+	h2.handshake() // the same 4-tuple reused by a new connection
+	if v := onlyVerdict(t, h2.fromServer("220 ready\r\n")); v.altered != nil {
+		t.Errorf("a new connection on a reused 4-tuple was adjusted with a dead one's state")
 	}
 }

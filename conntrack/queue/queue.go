@@ -64,6 +64,7 @@ type Queue struct {
 	nf  *nfqueue.Nfqueue
 
 	closing chan struct{} // closed by Close
+	bound   chan struct{} // closed once Run has bound the queue
 
 	mu      sync.Mutex
 	running bool
@@ -102,7 +103,7 @@ func Open(cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open queue %d: %w", cfg.Num, err)
 	}
-	q := &Queue{cfg: cfg, nf: nf, closing: make(chan struct{})}
+	q := &Queue{cfg: cfg, nf: nf, closing: make(chan struct{}), bound: make(chan struct{})}
 	// Without NoENOBUFS an overrun receive buffer makes every later receive fail with
 	// ENOBUFS; with it the kernel drops (or, with FailOpen, accepts) and goes on.
 	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
@@ -208,6 +209,7 @@ func (q *Queue) Run(ctx context.Context, fn func(Packet), onErr func(error)) err
 		q.mu.Unlock()
 		return fmt.Errorf("bind queue %d: %w", q.cfg.Num, err)
 	}
+	close(q.bound)
 	select {
 	case err := <-stopped:
 		return err
@@ -223,6 +225,12 @@ func (q *Queue) Run(ctx context.Context, fn func(Packet), onErr func(error)) err
 	fnMu.Unlock()
 	return nil
 }
+
+// Bound is closed once Run has bound the queue. Install the rules that send packets to
+// the queue only after that: go-nfqueue binds with several configuration requests and
+// reads each reply on the socket packets arrive on, so a packet queued while it binds is
+// read as a reply ("mismatched sequence in netlink reply") and the bind fails.
+func (q *Queue) Bound() <-chan struct{} { return q.bound }
 
 func (q *Queue) isClosed() bool {
 	q.mu.Lock()

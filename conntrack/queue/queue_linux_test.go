@@ -67,6 +67,13 @@ func run(t testing.TB, q *Queue, fn func(Packet)) {
 	go func() {
 		done <- q.Run(ctx, fn, func(err error) { t.Errorf("onErr: %v", err) })
 	}()
+	select {
+	case <-q.Bound():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("queue not bound after 5s")
+	}
 	t.Cleanup(func() {
 		cancel()
 		select {

@@ -1,0 +1,717 @@
+package alg
+
+import (
+	"bytes"
+	"net/netip"
+)
+
+// ringSize bounds the client commands whose replies are tracked by kind. Commands beyond it
+// are still counted, as kind unknown, so that pairing stays exact without guessing.
+const ringSize = 8
+
+// maxJump bounds how far ahead of the next expected byte a segment may start and still be
+// taken as part of the stream. A control connection never has megabytes in flight; a segment
+// that far ahead is bogus (or from another incarnation) and is ignored rather than allowed to
+// move the stream position.
+const maxJump = 1 << 24
+
+// Session is the state of one FTP control connection. It is not safe for concurrent use.
+// An idle session holds no buffers: the line buffer and the hold buffer of a direction are
+// allocated the first time a line spans segments or a segment arrives out of order.
+type Session struct {
+	client, server netip.AddrPort
+	alias          netip.Addr
+
+	maxPending int
+	maxLine    int
+	maxHold    int
+	allowLow   bool
+	loose      bool
+
+	dirs [2]dirState
+
+	// Commands sent by the client and not yet answered by a final reply, oldest first.
+	ring  [ringSize]Cmd
+	rHead uint8
+	rLen  uint8
+	over  uint32 // commands beyond the ring (kind unknown), queued after the ring's
+	lost  bool   // pairing unknown for good: a direction started mid-stream or lost bytes
+
+	multi       uint16 // code of the multi-line reply in progress, 0 if none
+	pending     int
+	passthrough bool
+	closed      bool
+
+	stats Stats
+}
+
+type dirState struct {
+	init bool   // next is known
+	sync bool   // at a true line boundary: lines are parsed; else skipping to the next LF
+	long bool   // skipping the rest of a line longer than maxLine (already reported)
+	fin  bool   // FIN seen
+	next uint32 // sequence number of the next byte to consume
+
+	pstart uint32 // sequence number of the first byte of the partial line
+	plen   int    // bytes of the partial line, kept in buf
+
+	buf  []byte // partial line spanning segments; cap maxLine, allocated on first use
+	hold *holdBuf
+}
+
+// NewSession returns the session of a control connection. client and server are the
+// endpoints AS SEEN IN THE PACKETS at the queue point (client = source of FromClient packets,
+// server = their destination). Addresses are stored unmapped and without zone. cfg may be nil.
+func NewSession(client, server netip.AddrPort, cfg *Config) *Session {
+	s := &Session{
+		client:     netip.AddrPortFrom(client.Addr().Unmap().WithZone(""), client.Port()),
+		server:     netip.AddrPortFrom(server.Addr().Unmap().WithZone(""), server.Port()),
+		maxPending: defaultMaxPending,
+		maxLine:    defaultMaxLine,
+		maxHold:    defaultMaxHold,
+	}
+	if cfg != nil {
+		s.allowLow = cfg.AllowLowPorts
+		s.loose = cfg.Loose
+		if cfg.MaxPending > 0 {
+			s.maxPending = cfg.MaxPending
+		}
+		if cfg.MaxLine > 0 {
+			s.maxLine = min(max(cfg.MaxLine, 8), maxMaxLine)
+		}
+		if cfg.MaxHold > 0 {
+			s.maxHold = min(cfg.MaxHold, maxMaxHold)
+		}
+	}
+	return s
+}
+
+// Client is the client endpoint as seen in the packets.
+func (s *Session) Client() netip.AddrPort { return s.client }
+
+// Server is the server endpoint as seen in the packets.
+func (s *Session) Server() netip.AddrPort { return s.server }
+
+// SetServerAlias sets the address the client connected to (conntrack's original destination),
+// when it differs from Server() (port-forward DNAT). A server may announce either address.
+func (s *Session) SetServerAlias(a netip.Addr) { s.alias = a.Unmap().WithZone("") }
+
+// Passthrough reports whether AUTH was answered by 234: the session is encrypted and nothing
+// is parsed any more in either direction.
+func (s *Session) Passthrough() bool { return s.passthrough }
+
+// Closed reports whether the connection is over (RST, or FIN in both directions). Feed does
+// nothing on a closed session.
+func (s *Session) Closed() bool { return s.closed }
+
+// Stats returns the session's counters.
+func (s *Session) Stats() Stats { return s.stats }
+
+// Pending is the number of pinholes opened and not yet Released.
+func (s *Session) Pending() int { return s.pending }
+
+// Release tells the session that one pinhole it opened is gone (used, expired, replaced).
+func (s *Session) Release() {
+	if s.pending > 0 {
+		s.pending--
+	}
+}
+
+// Sync declares that the stream of direction d starts after isn (the SYN's sequence number),
+// for a caller that learnt the ISN without feeding the SYN itself. It is a no-op once the
+// direction has seen a segment.
+func (s *Session) Sync(d Dir, isn uint32) {
+	if d > FromServer || s.dirs[d].init {
+		return
+	}
+	ds := &s.dirs[d]
+	ds.init, ds.sync, ds.next = true, true, isn+1
+}
+
+// Partial reports an incomplete line buffered in direction d: the stream seq of its first
+// byte, its length so far, and whether it could still become a line that must be rewritten or
+// neutralised: its prefix matches "PORT ", "EPRT ", "LPRT " (client, verbs case-insensitive),
+// or "227 " / "229 " while PASV / EPSV is the command the next final reply answers. When
+// nothing is buffered it returns the next expected seq, 0 and false.
+func (s *Session) Partial(d Dir) (start uint32, n int, candidate bool) {
+	if d > FromServer {
+		return 0, 0, false
+	}
+	ds := &s.dirs[d]
+	if !ds.sync || ds.plen == 0 || s.passthrough || s.closed {
+		return ds.next, 0, false
+	}
+	b := ds.buf[:ds.plen]
+	if d == FromClient {
+		candidate = prefixFold(b, "PORT ") || prefixFold(b, "EPRT ") || prefixFold(b, "LPRT ")
+	} else {
+		front := s.front()
+		want := uint16(0)
+		switch {
+		case s.multi != 0:
+			want = s.multi // only the closing line of the multi-line reply can count
+		case front == CmdPASV:
+			want = 227
+		case front == CmdEPSV:
+			want = 229
+		}
+		switch {
+		case want == 227 && front == CmdPASV:
+			candidate = prefixFold(b, "227 ")
+		case want == 229 && front == CmdEPSV:
+			candidate = prefixFold(b, "229 ")
+		}
+	}
+	return ds.pstart, ds.plen, candidate
+}
+
+// prefixFold reports whether b and pat agree (ASCII case-insensitively) on their common
+// length: b could still become a line starting with pat, or already does.
+func prefixFold(b []byte, pat string) bool {
+	n := min(len(b), len(pat))
+	for i := range n {
+		if upper(b[i]) != pat[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func upper(c byte) byte {
+	if 'a' <= c && c <= 'z' {
+		return c - ('a' - 'A')
+	}
+	return c
+}
+
+// Feed consumes one TCP segment (the ORIGINAL bytes as the sender sent them) and appends one
+// Decision per event completed by this segment to out, returning it. It never retains
+// seg.Payload. It allocates only when a line first spans segments in a direction (the line
+// buffer, kept), when a segment first arrives out of order (the hold buffer, kept), when it
+// parses an EPRT address (one small string), and when out lacks capacity for a Decision.
+func (s *Session) Feed(seg Segment, out []Decision) []Decision {
+	if s.closed || seg.Dir > FromServer {
+		return out
+	}
+	s.stats.Segments++
+	if seg.RST {
+		s.closed = true
+		return out
+	}
+	d := &s.dirs[seg.Dir]
+	seq := seg.Seq
+	if seg.SYN {
+		if !d.init {
+			d.init, d.sync, d.next = true, true, seq+1
+		}
+		seq++
+	}
+	if !d.init {
+		// Mid-stream start: position known, line boundary not; replies and commands
+		// before this point are unknown, so the pairing is too.
+		d.init, d.sync, d.next = true, false, seq
+		s.lost = true
+	}
+	if len(seg.Payload) > 0 && !s.passthrough {
+		out = s.segment(seg.Dir, d, seq, seg.Payload, out)
+	}
+	if seg.FIN {
+		d.fin = true
+		if s.dirs[0].fin && s.dirs[1].fin {
+			s.closed = true
+		}
+	}
+	return out
+}
+
+func (s *Session) segment(dir Dir, d *dirState, seq uint32, p []byte, out []Decision) []Decision {
+	off := int64(int32(seq - d.next))
+	if off <= 0 {
+		skip := -off
+		if skip >= int64(len(p)) {
+			s.stats.DupBytes += uint64(len(p))
+			return out
+		}
+		s.stats.DupBytes += uint64(skip)
+		return s.inOrder(dir, d, p[skip:], out)
+	}
+	if off > maxJump {
+		s.stats.Ignored += uint64(len(p))
+		return out
+	}
+	if off+int64(len(p)) <= int64(s.maxHold) {
+		if d.hold == nil {
+			d.hold = newHold(s.maxHold)
+		}
+		s.stats.Held += uint64(d.hold.put(seq, p))
+		return out
+	}
+	// Beyond the hold bound: give up the bytes before this segment for good, drop what was
+	// held for them, and resynchronise at the first LF seen from here on.
+	s.stats.Gaps++
+	if d.hold != nil {
+		s.stats.HeldBytesDropped += uint64(d.hold.clear(d.next, int(off)))
+	}
+	d.next = seq
+	d.plen, d.sync, d.long = 0, false, false
+	s.lost = true
+	out = append(out, Decision{Action: ActNote, Dir: dir, Reason: ReasonResync})
+	return s.inOrder(dir, d, p, out)
+}
+
+// inOrder consumes p, which starts at d.next, then whatever held bytes it makes contiguous.
+func (s *Session) inOrder(dir Dir, d *dirState, p []byte, out []Decision) []Decision {
+	if d.hold != nil && d.hold.n > 0 {
+		d.hold.clear(d.next, len(p))
+	}
+	out = s.consume(dir, d, p, out)
+	for d.hold != nil && d.hold.n > 0 && !s.passthrough {
+		chunk := d.hold.run(d.next)
+		if len(chunk) == 0 {
+			break
+		}
+		d.hold.clear(d.next, len(chunk))
+		out = s.consume(dir, d, chunk, out)
+	}
+	return out
+}
+
+// consume splits in-order bytes into lines. A line wholly inside p is parsed in place; only a
+// line that spans segments is copied into d.buf.
+func (s *Session) consume(dir Dir, d *dirState, p []byte, out []Decision) []Decision {
+	pos := d.next
+	d.next += uint32(len(p))
+	s.stats.Bytes += uint64(len(p))
+	for len(p) > 0 && !s.passthrough {
+		i := bytes.IndexByte(p, '\n')
+		if !d.sync {
+			if i < 0 {
+				return out
+			}
+			if !d.long {
+				s.stats.Resyncs++
+			}
+			d.sync, d.long, d.plen = true, false, 0
+			p, pos = p[i+1:], pos+uint32(i+1)
+			continue
+		}
+		if d.plen == 0 {
+			d.pstart = pos
+		}
+		if i < 0 {
+			if d.plen+len(p) >= s.maxLine { // cannot end within maxLine bytes
+				out = s.tooLong(dir, d, p, out)
+				d.sync, d.long, d.plen = false, true, 0
+				return out
+			}
+			if d.buf == nil {
+				d.buf = make([]byte, 0, s.maxLine)
+			}
+			d.buf = append(d.buf[:d.plen], p...)
+			d.plen += len(p)
+			return out
+		}
+		n := d.plen + i + 1
+		switch {
+		case n > s.maxLine:
+			out = s.tooLong(dir, d, p[:i], out)
+		case d.plen == 0:
+			out = s.line(dir, p[:i+1], d.pstart, out)
+		default:
+			d.buf = append(d.buf[:d.plen], p[:i+1]...)
+			out = s.line(dir, d.buf[:n], d.pstart, out)
+		}
+		d.plen = 0
+		p, pos = p[i+1:], pos+uint32(i+1)
+	}
+	return out
+}
+
+// tooLong reports a line longer than maxLine; rest is the part of it in the current chunk.
+// Only the head of the line (code or verb) is looked at, to keep replies paired and to
+// neutralise an over-long PORT/EPRT/LPRT that a lenient server might still act on.
+func (s *Session) tooLong(dir Dir, d *dirState, rest []byte, out []Decision) []Decision {
+	s.stats.LongLines++
+	var hb [5]byte
+	h := append(hb[:0], d.buf[:min(d.plen, len(hb))]...)
+	h = append(h, rest[:min(len(rest), len(hb)-len(h))]...)
+	if dir == FromClient {
+		return s.clientLine(h, d.pstart, true, out)
+	}
+	return s.serverLine(h, d.pstart, true, out)
+}
+
+// line handles one complete line (with its LF) starting at stream position start.
+func (s *Session) line(dir Dir, b []byte, start uint32, out []Decision) []Decision {
+	s.stats.Lines++
+	b = b[:len(b)-1] // LF
+	if len(b) > 0 && b[len(b)-1] == '\r' {
+		b = b[:len(b)-1]
+	}
+	if dir == FromClient {
+		return s.clientLine(b, start, false, out)
+	}
+	return s.serverLine(b, start, false, out)
+}
+
+// verbs recognised, upper case, all four letters.
+func classify(verb []byte) Cmd {
+	if len(verb) != 4 {
+		return CmdOther
+	}
+	var v [4]byte
+	for i, c := range verb {
+		v[i] = upper(c)
+	}
+	switch string(v[:]) {
+	case "PORT":
+		return CmdPORT
+	case "EPRT":
+		return CmdEPRT
+	case "PASV":
+		return CmdPASV
+	case "EPSV":
+		return CmdEPSV
+	case "LPRT":
+		return CmdLPRT
+	case "LPSV":
+		return CmdLPSV
+	case "AUTH":
+		return CmdAUTH
+	}
+	return CmdOther
+}
+
+func (s *Session) clientLine(b []byte, start uint32, long bool, out []Decision) []Decision {
+	// The verb ends at a space or a tab: some servers split on any white space, and a verb
+	// they would act on must not escape inspection.
+	v := bytes.IndexAny(b, " \t")
+	if v < 0 {
+		v = len(b)
+	}
+	kind := classify(b[:v])
+	verb := Span{Seq: start, Len: v}
+	if long {
+		s.push(CmdUnknown)
+		dec := Decision{Action: ActNote, Cmd: CmdNone, Dir: FromClient, Reason: ReasonLineTooLong}
+		if v < len(b) && (kind == CmdPORT || kind == CmdEPRT || kind == CmdLPRT) {
+			dec.Action, dec.Cmd = ActReject, kind
+			dec.Neutral, dec.NeutralWith = verb, neutralVerb
+			s.stats.Rejects++
+		}
+		return append(out, dec)
+	}
+	s.push(kind)
+	// The argument: after one or more spaces, trailing spaces and tabs ignored.
+	a := v
+	for a < len(b) && (b[a] == ' ' || b[a] == '\t') {
+		a++
+	}
+	e := len(b)
+	for e > a && (b[e-1] == ' ' || b[e-1] == '\t') {
+		e--
+	}
+	arg := b[a:e]
+	switch kind {
+	case CmdPORT, CmdEPRT:
+		dec := Decision{Cmd: kind, Dir: FromClient, Text: Span{Seq: start + uint32(a), Len: len(arg)}}
+		var err error
+		if kind == CmdPORT {
+			dec.Endpoint, err = ParsePORT(arg)
+		} else {
+			dec.Endpoint, dec.Delim, err = ParseEPRT(arg)
+		}
+		if err != nil || a == v {
+			dec.Endpoint, dec.Delim = netip.AddrPort{}, 0
+			dec.Reason = ReasonBadSyntax
+		} else {
+			dec.Reason, dec.Loose = s.check(dec.Endpoint, s.client.Addr(), netip.Addr{})
+		}
+		if dec.Reason != ReasonNone {
+			dec.Neutral, dec.NeutralWith = verb, neutralVerb
+		}
+		return s.decide(dec, out)
+	case CmdLPRT, CmdLPSV:
+		s.stats.Rejects++
+		return append(out, Decision{Action: ActReject, Cmd: kind, Dir: FromClient,
+			Reason: ReasonUnsupported, Neutral: verb, NeutralWith: neutralVerb})
+	}
+	return out
+}
+
+// check applies the pinhole policy to an announced endpoint: family, then owner, then port,
+// then the pending limit.
+func (s *Session) check(ep netip.AddrPort, own, alias netip.Addr) (Reason, bool) {
+	a := ep.Addr()
+	if a.Is4() != own.Is4() {
+		return ReasonFamily, false
+	}
+	loose := false
+	if a != own && (!alias.IsValid() || a != alias) {
+		if !s.loose {
+			return ReasonBounce, false
+		}
+		loose = true
+	}
+	if ep.Port() < 1024 && !s.allowLow {
+		return ReasonLowPort, false
+	}
+	if s.pending >= s.maxPending {
+		return ReasonLimit, false
+	}
+	return ReasonNone, loose
+}
+
+// decide completes dec (Reason already set, or none for an open) and appends it.
+func (s *Session) decide(dec Decision, out []Decision) []Decision {
+	if dec.Reason == ReasonNone {
+		dec.Action = ActOpen
+		s.pending++
+		s.stats.Opens++
+		return append(out, dec)
+	}
+	dec.Action = ActReject
+	dec.Loose = false
+	if dec.Reason == ReasonLimit || dec.Reason == ReasonUnsolicited || dec.Reason == ReasonUnpaired {
+		dec.Neutral, dec.NeutralWith = Span{}, ""
+	}
+	if dec.Reason == ReasonBadSyntax {
+		dec.Text = Span{}
+	}
+	s.stats.Rejects++
+	return append(out, dec)
+}
+
+func replyCode(b []byte) (uint16, bool) {
+	if len(b) < 3 || b[0] < '1' || b[0] > '5' || !isDigit(b[1]) || !isDigit(b[2]) {
+		return 0, false
+	}
+	return uint16(b[0]-'0')*100 + uint16(b[1]-'0')*10 + uint16(b[2]-'0'), true
+}
+
+func (s *Session) serverLine(b []byte, start uint32, long bool, out []Decision) []Decision {
+	code, ok := replyCode(b)
+	sep := byte(' ')
+	if len(b) > 3 {
+		sep = b[3]
+	}
+	note := Decision{Action: ActNote, Dir: FromServer, Reason: ReasonLineTooLong}
+	switch {
+	case s.multi != 0:
+		if !ok || code != s.multi || sep != ' ' {
+			if long {
+				out = append(out, note)
+			}
+			return out // text inside a multi-line reply, whatever it looks like
+		}
+		s.multi = 0 // closing line: a normal reply line
+	case !ok || (sep != ' ' && sep != '-'):
+		s.stats.Garbage++
+		if long {
+			out = append(out, note)
+		}
+		return out
+	case sep == '-':
+		s.multi = code
+		if long {
+			out = append(out, note)
+		}
+		return out
+	}
+	if code < 200 { // preliminary: answers nothing yet
+		if long {
+			out = append(out, note)
+		}
+		return out
+	}
+	cmd := s.pop()
+	codeSpan := Span{Seq: start, Len: 3}
+	var want Cmd
+	var dec Decision
+	switch code {
+	case 227:
+		want, dec.Cmd = CmdPASV, Cmd227
+	case 229:
+		want, dec.Cmd = CmdEPSV, Cmd229
+	case 228:
+		if long {
+			return append(out, note)
+		}
+		s.stats.Rejects++
+		return append(out, Decision{Action: ActReject, Cmd: Cmd228, Dir: FromServer,
+			Reason: ReasonUnsupported, Neutral: codeSpan, NeutralWith: neutralReply})
+	case 234:
+		if cmd == CmdAUTH {
+			s.passthrough = true
+			if long {
+				out = append(out, note)
+			}
+			return append(out, Decision{Action: ActTLS, Cmd: Cmd234, Dir: FromServer})
+		}
+		fallthrough
+	default:
+		if long {
+			out = append(out, note)
+		}
+		return out
+	}
+	dec.Dir = FromServer
+	switch {
+	case cmd == CmdUnknown:
+		dec.Reason = ReasonUnpaired
+	case cmd != want:
+		dec.Reason = ReasonUnsolicited
+	case long:
+		dec.Reason = ReasonLineTooLong
+	default:
+		text := b[3:]
+		if dec.Cmd == Cmd227 {
+			ep, st, en, err := Parse227(text)
+			if err == nil {
+				dec.Endpoint = ep
+				dec.Text = Span{Seq: start + 3 + uint32(st), Len: en - st}
+			}
+			if err != nil {
+				dec.Reason = ReasonBadSyntax
+			}
+		} else {
+			port, delim, st, en, err := Parse229(text)
+			if err == nil {
+				dec.Endpoint = netip.AddrPortFrom(s.server.Addr(), port)
+				dec.Delim = delim
+				dec.Text = Span{Seq: start + 3 + uint32(st), Len: en - st}
+			} else {
+				dec.Reason = ReasonBadSyntax
+			}
+		}
+		if dec.Reason == ReasonNone {
+			dec.Reason, dec.Loose = s.check(dec.Endpoint, s.server.Addr(), s.alias)
+		}
+	}
+	if dec.Reason != ReasonNone {
+		dec.Neutral, dec.NeutralWith = codeSpan, neutralReply
+	}
+	return s.decide(dec, out)
+}
+
+// push records a client command awaiting its final reply.
+func (s *Session) push(c Cmd) {
+	if s.lost {
+		return
+	}
+	if int(s.rLen) == ringSize || s.over > 0 {
+		if s.over < 1<<31 {
+			s.over++
+		}
+		return
+	}
+	s.ring[(int(s.rHead)+int(s.rLen))%ringSize] = c
+	s.rLen++
+}
+
+// pop returns the command a final reply answers: CmdNone if none was sent (greeting,
+// spontaneous 421), CmdUnknown if its kind is not known.
+func (s *Session) pop() Cmd {
+	if s.lost {
+		s.stats.Unpaired++
+		return CmdUnknown
+	}
+	if s.rLen == 0 {
+		return CmdNone
+	}
+	c := s.ring[s.rHead]
+	s.rHead = uint8((int(s.rHead) + 1) % ringSize)
+	s.rLen--
+	if s.over > 0 {
+		s.over--
+		s.ring[(int(s.rHead)+int(s.rLen))%ringSize] = CmdUnknown
+		s.rLen++
+	}
+	if c == CmdUnknown {
+		s.stats.Unpaired++
+	}
+	return c
+}
+
+// front is the command the next final reply answers.
+func (s *Session) front() Cmd {
+	if s.lost {
+		return CmdUnknown
+	}
+	if s.rLen == 0 {
+		return CmdNone
+	}
+	return s.ring[s.rHead]
+}
+
+// holdBuf keeps out-of-order bytes by stream position in a ring of a power-of-two size, with
+// a bitmap of the positions present. Only positions within maxHold of the next expected byte
+// are stored, so no two held positions share a slot.
+type holdBuf struct {
+	data []byte
+	have []uint64
+	n    int // bytes held
+}
+
+func newHold(maxHold int) *holdBuf {
+	size := 64
+	for size < maxHold {
+		size <<= 1
+	}
+	return &holdBuf{data: make([]byte, size), have: make([]uint64, size/64)}
+}
+
+func (h *holdBuf) mask() uint32 { return uint32(len(h.data) - 1) }
+
+// put stores p at position seq and returns the number of bytes newly held.
+func (h *holdBuf) put(seq uint32, p []byte) int {
+	added := 0
+	m := h.mask()
+	for k, c := range p {
+		i := (seq + uint32(k)) & m
+		w, bit := i/64, uint64(1)<<(i%64)
+		if h.have[w]&bit == 0 {
+			h.have[w] |= bit
+			added++
+		}
+		h.data[i] = c
+	}
+	h.n += added
+	return added
+}
+
+// clear forgets positions [seq, seq+n) and returns how many were held.
+func (h *holdBuf) clear(seq uint32, n int) int {
+	if h.n == 0 {
+		return 0
+	}
+	if n >= len(h.data) {
+		dropped := h.n
+		clear(h.have)
+		h.n = 0
+		return dropped
+	}
+	dropped := 0
+	m := h.mask()
+	for k := range n {
+		i := (seq + uint32(k)) & m
+		w, bit := i/64, uint64(1)<<(i%64)
+		if h.have[w]&bit != 0 {
+			h.have[w] &^= bit
+			dropped++
+		}
+	}
+	h.n -= dropped
+	return dropped
+}
+
+// run returns the held bytes contiguous from position seq, up to the end of the ring.
+func (h *holdBuf) run(seq uint32) []byte {
+	m := h.mask()
+	i0 := seq & m
+	i := i0
+	for i < uint32(len(h.data)) && h.have[i/64]&(uint64(1)<<(i%64)) != 0 {
+		i++
+	}
+	return h.data[i0:i]
+}

@@ -1,0 +1,73 @@
+// Package e2e holds ftpalg's end-to-end tests: real FTP clients and servers transfer files
+// through a NAT router with a default-deny firewall, in network namespaces the tests create
+// (package lab), with `ftpalg run` on the router exactly as an operator runs it.
+//
+// # Topology
+//
+// Every box is a network namespace named fe2e-<pid>-<n>-<role>. Links are veth pairs created
+// inside the lab's namespaces; nothing is attached to the root namespace and no namespace has
+// a route out. "sw" is a plain L2 switch (two bridges, no addresses, no firewall).
+//
+//	inside LAN: bridge brlan (ns sw)              outside: bridge brwan (ns sw)
+//	192.0.2.0/24, 2001:db8:1::/64                 198.51.100.0/24, 2001:db8:2::/64
+//
+//	client  192.0.2.5   ::5 ---------+       +--- osrv  vsftpd  198.51.100.20  ::20
+//	isrv    vsftpd  192.0.2.10 ::10 -+       +--- ogo   Go srv  198.51.100.21  ::21
+//	igo     Go srv  192.0.2.11 ------+       +--- ocli  client  198.51.100.30  ::30
+//	                                 |       |
+//	                              [brlan] [brwan]
+//	                                 |       |
+//	                            lan  |       |  wan
+//	           192.0.2.1, 2001:db8:1::1    198.51.100.1  public: SNAT source, :21 -> isrv
+//	                             +-----------+ 198.51.100.2  vsftpd on the router (INPUT)
+//	                             |  router   | 198.51.100.3  :21 -> igo
+//	                             | table lab | 2001:db8:2::1
+//	                             | ftpalg    |
+//	                             +-----+-----+
+//	                                   | tp  203.0.113.1, 2001:db8:3::1
+//	                                   |
+//	                             tp  third party 203.0.113.66, 2001:db8:3::66
+//
+// Router firewall (table inet lab, see lab.(*Lab).Ruleset):
+//
+//   - forward: policy drop; ct state established,related accept; new tcp/21 from the LAN;
+//     new tcp/21 that was port-forwarded (ct status dnat).
+//   - input: policy drop; lo; established,related; ICMP/ICMPv6; tcp/21 (the server on the
+//     router host, on 198.51.100.2).
+//   - dstnat: 198.51.100.1:21 → isrv 192.0.2.10:21 (vsftpd), 198.51.100.3:21 → igo
+//     192.0.2.11:21 (ftpserverlib).
+//   - srcnat: the inside IPv4 network is masqueraded; IPv6 is routed without NAT.
+//   - the kernel-helper reference adds `ct helper "ftp"` on tcp/21 at prerouting/filter.
+//
+// The only rule a data connection can match is `ct state established,related accept`, so
+// every data connection needs a pinhole (an expectation) from ftpalg or the kernel helper.
+//
+// # Addressing plans
+//
+// "grow" is the diagram above: every rewrite makes the text longer (192,0,2,5 →
+// 198,51,100,1: +3 bytes; 192,0,2,10 → 198,51,100,1: +2). In "shrink" the two IPv4
+// documentation ranges swap sides (inside 198.51.100.0/24 with client .200 and servers .210,
+// .211; outside 192.0.2.0/24, router public 192.0.2.1), so every rewrite makes it shorter
+// (198,51,100,200 → 192,0,2,1: -5 bytes). No 198.51.100.x text is shorter than a 192.0.2.x
+// one, so swapping is the only way with documentation ranges.
+//
+// # Tests
+//
+//   - TestMatrix/{ftpalg,none,kernel-helper}/{grow,shrink}/<topo>/<mode>/<client>: topo is
+//     snat (inside client → outside server), dnat (outside client → port-forward → inside
+//     server), ipv6 (no NAT) or routerhost (server on the router, INPUT chain); mode is pasv,
+//     epsv, port or eprt; client is curl or lftp (against vsftpd) or goftp (secsy/goftp
+//     against ftpserverlib). Each does a download, an upload (sha256 checked on both ends),
+//     LIST and (curl) NLST. With ftpalg every data connection must have a pinhole_open line
+//     and NAT'd announcements a rewrite line whose delta has the plan's sign. "none" is the
+//     negative control (must fail, after a successful login); "kernel-helper" the reference.
+//     parallel/10-sessions runs ten downloads at once.
+//   - TestAdversarial: raw TCP control traffic: a PORT split over two segments, pipelined
+//     commands in one segment, a bounce PORT to the third party (to a server that would do
+//     FXP), a low port, a fake 227 in a banner and in a continuation line, and a pinhole used
+//     after --pinhole-timeout.
+//
+// The tests need root (they skip otherwise, saying why) and vsftpd, curl, lftp, nft, ip
+// (.ci/deps installs them; under CI=true a missing tool fails the test). TestMain builds
+// cmd/ftpalg and e2e/cmd/ftppeer once.
+package e2e
