@@ -42,7 +42,7 @@ func newLab(t testing.TB, rcfg rules.Config) *lab {
 	requireRoot(t)
 	l := &lab{cli: newNS(t, "cli"), srv: newNS(t, "srv")}
 	vethPair(t, l.cli, cliAddr+"/24", l.srv, srvAddr+"/24")
-	if err := l.srv.do(func() error { return rules.Install(rcfg) }); err != nil {
+	if err := l.srv.Do(func() error { return rules.Install(rcfg) }); err != nil {
 		t.Fatalf("rules.Install: %v", err)
 	}
 	return l
@@ -52,7 +52,7 @@ func newLab(t testing.TB, rcfg rules.Config) *lab {
 func (l *lab) open(t testing.TB, cfg Config) *Queue {
 	t.Helper()
 	var q *Queue
-	if err := l.srv.do(func() (err error) { q, err = Open(cfg); return err }); err != nil {
+	if err := l.srv.Do(func() (err error) { q, err = Open(cfg); return err }); err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() { q.Close() })
@@ -91,7 +91,7 @@ func run(t testing.TB, q *Queue, fn func(Packet)) {
 func (l *lab) server(t testing.TB) <-chan net.Conn {
 	t.Helper()
 	var ln net.Listener
-	if err := l.srv.do(func() (err error) {
+	if err := l.srv.Do(func() (err error) {
 		ln, err = net.Listen("tcp4", net.JoinHostPort(srvAddr, fmt.Sprint(ctrlPort)))
 		return err
 	}); err != nil {
@@ -113,7 +113,7 @@ func (l *lab) server(t testing.TB) <-chan net.Conn {
 func (l *lab) dial(t testing.TB, timeout time.Duration) (net.Conn, error) {
 	t.Helper()
 	var c net.Conn
-	err := l.cli.do(func() (err error) {
+	err := l.cli.Do(func() (err error) {
 		c, err = net.DialTimeout("tcp4", net.JoinHostPort(srvAddr, fmt.Sprint(ctrlPort)), timeout)
 		return err
 	})
@@ -418,7 +418,7 @@ func TestBalance(t *testing.T) {
 		})
 	}
 	var ln net.Listener
-	if err := l.srv.do(func() (err error) {
+	if err := l.srv.Do(func() (err error) {
 		ln, err = net.Listen("tcp4", net.JoinHostPort(srvAddr, fmt.Sprint(ctrlPort)))
 		return err
 	}); err != nil {
@@ -441,9 +441,9 @@ func TestBalance(t *testing.T) {
 	const clients = 8
 	for i := range clients {
 		addr := fmt.Sprintf("192.0.2.%d", 10+i)
-		l.cli.mustExec(t, "ip", "addr", "add", addr+"/24", "dev", "veth0")
+		l.cli.MustExec(t, "ip", "addr", "add", addr+"/24", "dev", "veth0")
 		var c net.Conn
-		err := l.cli.do(func() (err error) {
+		err := l.cli.Do(func() (err error) {
 			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(addr)}, Timeout: 3 * time.Second}
 			c, err = d.Dial("tcp4", net.JoinHostPort(srvAddr, fmt.Sprint(ctrlPort)))
 			return err
@@ -477,7 +477,7 @@ func (l *lab) waitBound(t testing.TB, n uint16) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		out, err := l.srv.exec("cat", "/proc/net/netfilter/nfnetlink_queue")
+		out, err := l.srv.Exec("cat", "/proc/net/netfilter/nfnetlink_queue")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -614,7 +614,7 @@ func TestLoopbackOnce(t *testing.T) {
 	})
 	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(ctrlPort))
 	var client, server net.Conn
-	err := l.srv.do(func() error {
+	err := l.srv.Do(func() error {
 		ln, err := net.Listen("tcp4", addr)
 		if err != nil {
 			return err

@@ -31,13 +31,13 @@ func tableBlock(t *testing.T, cfg Config) string {
 
 func listTable(t *testing.T, ns *testNS, name string) string {
 	t.Helper()
-	return ns.mustExec(t, "nft", "list", "table", "inet", name)
+	return ns.MustExec(t, "nft", "list", "table", "inet", name)
 }
 
 func installed(t *testing.T, ns *testNS, cfg Config) bool {
 	t.Helper()
 	var ok bool
-	if err := ns.do(func() (err error) { ok, err = Installed(cfg); return err }); err != nil {
+	if err := ns.Do(func() (err error) { ok, err = Installed(cfg); return err }); err != nil {
 		t.Fatalf("Installed: %v", err)
 	}
 	return ok
@@ -54,7 +54,7 @@ func TestInstall(t *testing.T) {
 			if installed(t, ns, tc.cfg) {
 				t.Fatal("Installed before Install = true, want false")
 			}
-			if err := ns.do(func() error { return Install(tc.cfg) }); err != nil {
+			if err := ns.Do(func() error { return Install(tc.cfg) }); err != nil {
 				t.Fatalf("Install: %v", err)
 			}
 			if diff := cmp.Diff(tableBlock(t, tc.cfg), listTable(t, ns, name)); diff != "" {
@@ -72,15 +72,15 @@ func TestInstall(t *testing.T) {
 func TestInstallReplacesStale(t *testing.T) {
 	requireRoot(t)
 	ns := newNS(t, "rules")
-	ns.mustExec(t, "nft", "add", "table", "inet", "operator")
+	ns.MustExec(t, "nft", "add", "table", "inet", "operator")
 	old := Config{Ports: []uint16{2121}, Queue: 7}
 	cfg := Config{Ports: []uint16{21}, Queue: 1, Queues: 2, FailOpen: true}
-	if err := ns.do(func() error { return Install(old) }); err != nil {
+	if err := ns.Do(func() error { return Install(old) }); err != nil {
 		t.Fatalf("Install(old): %v", err)
 	}
-	ns.mustExec(t, "nft", "add", "chain", "inet", "ftpalg", "stale")
-	ns.mustExec(t, "nft", "add", "element", "inet", "ftpalg", "ports", "{ 8021 }")
-	if err := ns.do(func() error { return Install(cfg) }); err != nil {
+	ns.MustExec(t, "nft", "add", "chain", "inet", "ftpalg", "stale")
+	ns.MustExec(t, "nft", "add", "element", "inet", "ftpalg", "ports", "{ 8021 }")
+	if err := ns.Do(func() error { return Install(cfg) }); err != nil {
 		t.Fatalf("Install over stale table: %v", err)
 	}
 	if diff := cmp.Diff(tableBlock(t, cfg), listTable(t, ns, "ftpalg")); diff != "" {
@@ -88,14 +88,14 @@ func TestInstallReplacesStale(t *testing.T) {
 	}
 
 	for i := range 2 { // the second Remove finds no table, which is not an error
-		if err := ns.do(func() error { return Remove(cfg) }); err != nil {
+		if err := ns.Do(func() error { return Remove(cfg) }); err != nil {
 			t.Fatalf("Remove #%d: %v", i+1, err)
 		}
 	}
 	if installed(t, ns, cfg) {
 		t.Error("Installed after Remove = true, want false")
 	}
-	got := ns.mustExec(t, "nft", "list", "tables")
+	got := ns.MustExec(t, "nft", "list", "tables")
 	if want := "table inet operator\n"; got != want {
 		t.Errorf("nft list tables after Remove = %q, want %q", got, want)
 	}
@@ -116,7 +116,7 @@ func nativeQueue(t *testing.T, ns *testNS) bool {
 	if err := os.WriteFile(path, []byte(probe), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ns.exec("nft", "-c", "-f", path)
+	_, err := ns.Exec("nft", "-c", "-f", path)
 	return err == nil
 }
 
@@ -138,7 +138,7 @@ func TestRenderLoads(t *testing.T) {
 			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			_, err := ns.exec("nft", "-c", "-f", path)
+			_, err := ns.Exec("nft", "-c", "-f", path)
 			if native {
 				if err != nil {
 					t.Fatalf("nft -c -f: %v", err)
@@ -167,7 +167,7 @@ func TestRenderLoads(t *testing.T) {
 			if err := os.WriteFile(path, []byte(counted), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := ns.exec("nft", "-c", "-f", path); err != nil {
+			if _, err := ns.Exec("nft", "-c", "-f", path); err != nil {
 				t.Errorf("nft -c -f with the queue statements replaced: %v", err)
 			}
 		})
@@ -184,7 +184,7 @@ func TestCarrier(t *testing.T) {
 	cli, srv := newNS(t, "cli"), newNS(t, "srv")
 	vethPair(t, cli, "192.0.2.1/24", srv, "192.0.2.2/24")
 	cfg := Config{Ports: []uint16{21}, FailOpen: true}
-	if err := srv.do(func() error { return Install(cfg) }); err != nil {
+	if err := srv.Do(func() error { return Install(cfg) }); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
 
@@ -200,7 +200,7 @@ func TestCarrier(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var ln net.Listener
 			addr := net.JoinHostPort("192.0.2.2", strconv.Itoa(tc.port))
-			if err := srv.do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
+			if err := srv.Do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
 				t.Fatal(err)
 			}
 			defer ln.Close()
@@ -212,7 +212,7 @@ func TestCarrier(t *testing.T) {
 				}
 			}()
 			var conn net.Conn
-			err := cli.do(func() (err error) {
+			err := cli.Do(func() (err error) {
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 				defer cancel()
 				conn, err = (&net.Dialer{}).DialContext(ctx, "tcp4", addr)
@@ -227,7 +227,7 @@ func TestCarrier(t *testing.T) {
 			if _, err := conn.Read(buf); err != nil {
 				t.Fatalf("read greeting: %v", err)
 			}
-			out := srv.mustExec(t, "conntrack", "-L", "-p", "tcp", "--dport", strconv.Itoa(tc.port))
+			out := srv.MustExec(t, "conntrack", "-L", "-p", "tcp", "--dport", strconv.Itoa(tc.port))
 			if !strings.Contains(out, fmt.Sprintf("dport=%d", tc.port)) {
 				t.Fatalf("no conntrack entry for port %d:\n%s", tc.port, out)
 			}
@@ -253,11 +253,11 @@ func TestProbeHelper(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := ns.do(func() error { return probeHelperType(DefaultHelper, tc.typ) })
+			err := ns.Do(func() error { return probeHelperType(DefaultHelper, tc.typ) })
 			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
 				t.Errorf("probeHelperType(%q) = %v, want %v", tc.typ, err, tc.wantErr)
 			}
-			if got := ns.mustExec(t, "nft", "list", "tables"); got != "" {
+			if got := ns.MustExec(t, "nft", "list", "tables"); got != "" {
 				t.Errorf("tables left after probe: %q", got)
 			}
 		})
