@@ -10,7 +10,9 @@ import (
 
 type testNS = nstest.NS
 
-func requireRoot(t testing.TB) { nstest.RequireRoot(t, "creates network namespaces, nftables tables and NFQUEUE bindings") }
+func requireRoot(t testing.TB) {
+	nstest.RequireRoot(t, "creates network namespaces, nftables tables and NFQUEUE bindings")
+}
 
 func newNS(t testing.TB, tag string) *testNS { return nstest.New(t, tag) }
 
