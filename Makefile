@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
-FUZZTIME ?= 10s
+FUZZTIME ?= 5s
 
 .PHONY: all build deps test fmt-check vet unit fuzz-short fuzz demo bench clean image manifests
 
@@ -33,14 +33,16 @@ fuzz-short:
 	@set -e; for pkg in ./alg ./nat; do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg; \
 	  done; \
 	done
 
 fuzz:
 	$(MAKE) fuzz-short FUZZTIME=5m
 
-test: fmt-check vet manifests unit
+# CI fuzzes every target briefly (FUZZTIME each) after the tests; the seed corpora under
+# <pkg>/testdata/fuzz also run as plain tests in `unit`.
+test: fmt-check vet manifests unit fuzz-short
 
 demo: deps build
 	$(GO) run ./e2e/cmd/demo -ftpalg bin/ftpalg

@@ -597,7 +597,18 @@ func (s *Session) serverLine(b []byte, start uint32, long bool, out []Decision) 
 // push records a client command awaiting its final reply.
 func (s *Session) push(c Cmd) {
 	if s.lost {
-		return
+		if (c != CmdPASV && c != CmdEPSV) || !s.dirs[FromServer].sync {
+			return
+		}
+		// Pairing is recovered at a passive request: the client needs its answer before it
+		// goes on, so it does not pipeline PASV/EPSV, and the next final reply answers it -
+		// unless a reply to a command from before the loss is still on its way: that reply
+		// then pops PASV/EPSV and the real 227/229 is refused as unsolicited (fail closed).
+		// The server's stream must be at a line boundary already, or its first complete line
+		// (the one it resynchronises at) could be that answer. Nothing can open here that
+		// would not open in a session followed from its start.
+		s.lost, s.rHead, s.rLen, s.over = false, 0, 0, 0
+		s.stats.Repaired++
 	}
 	if int(s.rLen) == ringSize || s.over > 0 {
 		if s.over < 1<<31 {

@@ -151,6 +151,37 @@ func TestSessionStream(t *testing.T) {
 			},
 		},
 		{
+			name:  "after a mid-stream start, pairing recovers at the next PASV once the server is synchronised",
+			noSyn: true,
+			steps: []step{
+				{dir: S, off: 500, text: "ing.\r\n200 NOOP ok.\r\n"},
+				{dir: C, off: 100, text: "P\r\n"},
+				{dir: C, off: 103, text: pasv},
+				{dir: S, off: 520, text: r227},
+			},
+			want: []string{
+				"open 227 server 198.51.100.20:5001 text=198,51,100,20,19,137",
+			},
+			check: func(t *testing.T, s *Session) {
+				if st := s.Stats(); st.Repaired != 1 {
+					t.Errorf("repaired %d, want 1", st.Repaired)
+				}
+			},
+		},
+		{
+			name:  "a stale reply after the recovering PASV fails closed",
+			noSyn: true,
+			steps: []step{
+				{dir: S, off: 500, text: "ing.\r\n"},
+				{dir: C, off: 100, text: "P\r\n" + pasv},
+				// The answer to a command sent before ftpalg came back, then the 227.
+				{dir: S, off: 506, text: "226 Transfer complete.\r\n" + r227},
+			},
+			want: []string{
+				"reject 227 server unsolicited",
+			},
+		},
+		{
 			name: "long line noted once, split or not; next line parsed",
 			steps: []step{
 				{dir: C, off: 0, text: "NOOP " + strings.Repeat("x", 300)},

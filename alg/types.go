@@ -200,6 +200,7 @@ type Stats struct {
 	HeldBytesDropped uint64 // held bytes discarded by such a jump
 	Resyncs          uint64 // times a direction became synchronised at an LF it saw
 	Unpaired         uint64 // final replies that could not be paired with a known command
+	Repaired         uint64 // times pairing was recovered at a PASV/EPSV after it was lost
 	Opens            uint64 // ActOpen decisions
 	Rejects          uint64 // ActReject decisions
 }
