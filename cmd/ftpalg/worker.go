@@ -42,6 +42,8 @@ const (
 	mtuCacheRefresh = time.Minute
 )
 
+var errJoinTooLarge = errors.New("join held segment: larger than the egress MTU")
+
 // sessKey identifies a control connection by its endpoints as seen at the queue point.
 type sessKey struct{ client, server netip.AddrPort }
 
@@ -364,8 +366,10 @@ func (w *worker) join(s *session, dir alg.Dir, h *held, p *queue.Packet) error {
 		return err
 	}
 	b, err := nat.Extend(&w.pkt, w.hpkt.Payload(), w.joined[:0])
-	if err != nil || len(b) > maxPacket {
-		return errors.New("join held segment: too large")
+	if err != nil || len(b) > w.maxLen() {
+		// Joined, the two would not fit the egress MTU: they stay apart (the held one is
+		// released first, as it is).
+		return errJoinTooLarge
 	}
 	if err := w.pkt.Decode(b); err != nil {
 		return err

@@ -166,6 +166,7 @@ type harness struct {
 	logs *bytes.Buffer
 	id   uint32
 	now  time.Time
+	dev  uint32 // output interface of the packets sent (0: local delivery)
 	// next sequence numbers in each direction's original numbering
 	cseq, sseq uint32
 }
@@ -189,7 +190,7 @@ func newHarness(t *testing.T, cfg *config) *harness {
 // send hands one packet to the worker and returns the verdicts given since the last call.
 func (h *harness) send(b []byte) []verdict {
 	h.id++
-	h.w.handle(queue.Packet{ID: h.id, Payload: b}, h.now)
+	h.w.handle(queue.Packet{ID: h.id, Payload: b, OutDev: h.dev}, h.now)
 	return h.q.take()
 }
 
@@ -543,5 +544,34 @@ func TestSYNDiscardsStaleState(t *testing.T) {
 	h2.handshake() // the same 4-tuple reused by a new connection
 	if v := onlyVerdict(t, h2.fromServer("220 ready\r\n")); v.altered != nil {
 		t.Errorf("a new connection on a reused 4-tuple was adjusted with a dead one's state")
+	}
+}
+
+func TestSplitTooLargeToJoinIsNotMerged(t *testing.T) {
+	h := newHarness(t, nil)
+	h.dev = 7 // forwarded out of an interface with a 1500-byte MTU
+	h.w.mtus[h.dev], h.w.mtuAt = 1500, h.now
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	if v := h.fromClient("PORT 192,0,"); len(v) != 0 {
+		t.Fatalf("got verdicts %+v, want the packet held", v)
+	}
+	// The completing segment is nearly full: joined, the two would pass the 1500-byte MTU.
+	// 40 header bytes + 11 held + 1455 here = 1506 joined; each alone fits.
+	rest := "2,10,4,1\r\n" + "NOOP" + strings.Repeat(" ", 1439) + "\r\n"
+	v := h.fromClient(rest)
+	if len(v) != 2 || !v[0].accept || !v[1].accept {
+		t.Fatalf("got %+v, want the held packet released, then this one", v)
+	}
+	for _, x := range v {
+		if x.altered != nil && len(x.altered) > 1500 {
+			t.Errorf("released a %d-byte packet over the MTU", len(x.altered))
+		}
+	}
+	if len(h.k.expects) != 0 {
+		t.Errorf("a pinhole was opened for a PORT that could not be rewritten: %+v", h.k.expects)
+	}
+	if rej := h.events(evRejected); len(rej) != 1 || rej[0]["reason"] != "unrewritable" {
+		t.Errorf("rejected events = %v, want one unrewritable", rej)
 	}
 }
