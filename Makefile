@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 5s
 
-.PHONY: all build deps test fmt-check vet unit fuzz-short fuzz demo bench clean image manifests
+.PHONY: all build deps test fmt-check vet unit fuzz-short fuzz demo bench bench-short bench-go clean image manifests
 
 all: build
 
@@ -47,8 +47,18 @@ test: fmt-check vet manifests unit fuzz-short
 demo: deps build
 	$(GO) run ./e2e/cmd/demo -ftpalg bin/ftpalg
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./alg ./nat
+# ftpalg vs the kernel FTP helper vs plain forwarding, side by side in the namespace lab (root;
+# < 10 minutes; prints the Markdown table of BENCHMARKS.md). Measure on an idle machine.
+bench: build
+	$(GO) run ./e2e/cmd/bench -ftpalg bin/ftpalg
+
+# The same with small counts (< 2 minutes): checks that the harness works and nothing fails.
+bench-short: build
+	$(GO) run ./e2e/cmd/bench -short -ftpalg bin/ftpalg
+
+# The Go micro-benchmarks of the packet path.
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem ./alg ./nat ./cmd/ftpalg
 
 clean:
 	rm -rf bin

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/conntrack/queue"
@@ -47,11 +48,9 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	defer events.Close()
 
-	// A stale table left by a crashed run may still send packets to the queues; remove it so
-	// that nothing is queued while the queues bind (see queue.Bound).
-	if err := rules.Remove(rcfg); err != nil {
-		return fmt.Errorf("remove stale nftables table %q: %w", rcfg.Table, err)
-	}
+	// A table left by a crashed run stays until Install replaces it in one batch: with
+	// --fail-open=false its rules keep holding control packets back (nobody reads the
+	// queues) instead of letting them through uninspected for a moment.
 	removed := false
 	removeRules := func() {
 		if removed {
@@ -77,33 +76,15 @@ func (d *daemon) Run(ctx context.Context) error {
 			q.Close()
 		}
 	}()
-	var workers []*worker
-	for i := 0; i < int(d.cfg.Queues); i++ {
-		num := d.cfg.Queue + uint16(i)
-		q, err := queue.Open(queue.Config{Num: num, FailOpen: d.cfg.FailOpen})
-		if err != nil {
-			return fmt.Errorf("open queue %d: %w", num, err)
-		}
-		queues = append(queues, q)
-		w := newWorker(i, d.cfg, ct, q, pins, d.log, d.m)
-		w.st = st
-		workers = append(workers, w)
+	workers := make([]*worker, d.cfg.Queues)
+	for i := range workers {
+		workers[i] = newWorker(i, d.cfg, ct, nil, pins, d.log, d.m)
+		workers[i].st = st
 	}
 
 	g, gctx := errgroup.WithContext(runCtx)
-	for i, q := range queues {
-		w, q := workers[i], q
+	for _, w := range workers {
 		g.Go(func() error { return w.run(gctx) })
-		g.Go(func() error {
-			err := q.Run(gctx, w.enqueue, func(err error) {
-				d.m.queueErrors.Inc()
-				d.log.Warn(evError, "op", "queue_receive", "queue", d.cfg.Queue+uint16(w.id), "err", err.Error())
-			})
-			if err != nil && gctx.Err() == nil {
-				return fmt.Errorf("queue %d: %w", d.cfg.Queue+uint16(w.id), err)
-			}
-			return nil
-		})
 	}
 	g.Go(func() error {
 		err := events.Run(gctx, func(ev conntrack.Event) { d.onEvent(gctx, ev, pins, workers) })
@@ -112,18 +93,22 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-
 	// The rules go in only once every queue is bound.
-	for i, q := range queues {
-		select {
-		case <-q.Bound():
-		case <-gctx.Done():
+	for _, w := range workers {
+		num := d.cfg.Queue + uint16(w.id)
+		q, done, err := d.bindQueue(gctx, num, w)
+		if err != nil {
 			stopRun()
-			if err := g.Wait(); err != nil {
-				return err
-			}
-			return fmt.Errorf("queue %d: not bound", d.cfg.Queue+uint16(i))
+			g.Wait()
+			return err
 		}
+		queues = append(queues, q)
+		g.Go(func() error {
+			if err := <-done; err != nil && gctx.Err() == nil {
+				return fmt.Errorf("queue %d: %w", num, err)
+			}
+			return nil
+		})
 	}
 	if err := rules.Install(rcfg); err != nil {
 		stopRun()
@@ -198,6 +183,48 @@ func (d *daemon) openState(ct *conntrack.Conn) *stateStore {
 		d.log.Info("state_loaded", "dir", dir, "sessions", n-gone, "gone", gone)
 	}
 	return st
+}
+
+// bindQueue opens queue num for worker w and runs it until ctx ends; done reports how Run
+// ended. Binding sends several configuration requests and reads each reply on the socket the
+// packets arrive on: when a stale table already queues packets, one can be read in place of a
+// reply and the bind fails. It is then retried on a fresh socket (the packets meanwhile are
+// let through or held back as --fail-open says). EPERM (another program holds the queue) is
+// final.
+func (d *daemon) bindQueue(ctx context.Context, num uint16, w *worker) (*queue.Queue, <-chan error, error) {
+	const attempts = 5
+	var err error
+	for i := 1; i <= attempts; i++ {
+		var q *queue.Queue
+		if q, err = queue.Open(queue.Config{Num: num, FailOpen: d.cfg.FailOpen}); err != nil {
+			return nil, nil, err
+		}
+		w.q = q // before Run: the worker sees packets only from this Run
+		done := make(chan error, 1)
+		go func() {
+			done <- q.Run(ctx, w.enqueue, func(err error) {
+				d.m.queueErrors.Inc()
+				d.log.Warn(evError, "op", "queue_receive", "queue", num, "err", err.Error())
+			})
+		}()
+		select {
+		case <-q.Bound():
+			return q, done, nil
+		case err = <-done:
+		case <-ctx.Done():
+			q.Close()
+			return nil, nil, ctx.Err()
+		}
+		q.Close()
+		if err == nil || errors.Is(err, unix.EPERM) {
+			break
+		}
+		d.log.Warn(evError, "op", "queue_bind", "queue", num, "attempt", i, "err", err.Error())
+	}
+	if err == nil {
+		err = errors.New("not bound")
+	}
+	return nil, nil, fmt.Errorf("queue %d: %w", num, err)
 }
 
 func (d *daemon) metricsServer() *http.Server {

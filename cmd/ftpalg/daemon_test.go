@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/ftpalg/ftpalg/conntrack"
 )
 
@@ -82,4 +85,9 @@ func TestEventRouting(t *testing.T) {
 	if ev := h.events(evSessionClose); len(ev) != 1 || ev[0]["reason"] != "conntrack_gone" {
 		t.Errorf("session_close events = %v, want one with reason conntrack_gone", ev)
 	}
+}
+
+func testutilCount(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	return testutil.ToFloat64(c)
 }

@@ -16,6 +16,15 @@ import (
 func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time.Time) {
 	switch d.Action {
 	case alg.ActOpen:
+		if !s.pinRate.allow(now, maxPinholeRate) {
+			// A client announcing endpoints faster than any transfer could use them.
+			w.m.rejections.WithLabelValues("rate_limit").Inc()
+			if s.rejLog.allow(now, maxRejectLogs) {
+				w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "rate_limit"),
+					slog.Int("limit_per_second", maxPinholeRate), slog.Int("suppressed", s.rejLog.takeDropped()))
+			}
+			return
+		}
 		w.open(s, d, first, end)
 	case alg.ActReject:
 		reason := d.Reason.String()
@@ -32,7 +41,14 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 				attrs = append(attrs, slog.String("action", "passed_split"))
 			}
 		}
-		w.logEvent(evRejected, s.key, attrs...)
+		// A flood of refused commands is counted in full but logged at a bounded rate; the
+		// next line that gets through says how many were left out.
+		if s.rejLog.allow(now, maxRejectLogs) {
+			if n := s.rejLog.takeDropped(); n > 0 {
+				attrs = append(attrs, slog.Int("suppressed", n))
+			}
+			w.logEvent(evRejected, s.key, attrs...)
+		}
 	case alg.ActTLS:
 		w.logEvent(evTLS, s.key, slog.String("cmd", d.Cmd.String()))
 	case alg.ActNote:

@@ -77,3 +77,30 @@ func (l *limiter) allow(now time.Time) bool {
 	l.dropped++
 	return false
 }
+
+// gate admits at most limit events per calendar second: a compact per-session rate limit
+// (16 bytes) for what a single control connection may cost in pinholes and log lines.
+type gate struct {
+	sec     int64
+	n       uint32
+	dropped uint32
+}
+
+func (g *gate) allow(now time.Time, limit uint32) bool {
+	if s := now.Unix(); s != g.sec {
+		g.sec, g.n = s, 0
+	}
+	if g.n < limit {
+		g.n++
+		return true
+	}
+	g.dropped++
+	return false
+}
+
+// takeDropped returns how many events were refused since the last call, and resets it.
+func (g *gate) takeDropped() int {
+	n := g.dropped
+	g.dropped = 0
+	return int(n)
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg"
@@ -30,13 +31,15 @@ type verdicter interface {
 }
 
 const (
-	inboxLen        = 4096                   // packets waiting for a worker; beyond: dropped and counted
-	holdTimeout     = 250 * time.Millisecond // how long a segment ending mid-command is held back
+	holdTimeout     = 250 * time.Millisecond // how long a segment ending mid-command waits for the next
+	maxHoldTotal    = time.Second            // how long a command dribbled over many segments is held
 	closedLinger    = 10 * time.Second       // a closed session keeps adjusting late FIN/ACK retransmissions
 	idleTimeout     = 2 * time.Hour          // a session with no packet for this long is forgotten
 	maxSessions     = 1 << 17                // per worker
 	maxPerClient    = 256                    // sessions per client address, per worker
 	maxPortTries    = 16                     // other ports tried when an expectation collides
+	maxPinholeRate  = 100                    // pinholes a session may open per second
+	maxRejectLogs   = 10                     // rejected lines a session may log per second
 	maxPacket       = 65535
 	defaultMaxLen   = 1500
 	mtuCacheRefresh = time.Minute
@@ -53,8 +56,17 @@ func (k sessKey) attrs() []slog.Attr {
 
 type held struct {
 	id    uint32
-	bytes []byte // the packet to release: possibly several segments joined
-	since time.Time
+	bytes []byte    // the packet to release: possibly several segments joined
+	since time.Time // when its last piece arrived
+	first time.Time // when its first piece arrived
+}
+
+// heldSince is when the held packet's first piece arrived (now if there is none).
+func heldSince(h *held, now time.Time) time.Time {
+	if h == nil {
+		return now
+	}
+	return h.first
 }
 
 // session is one control connection: the engine, the rewriting state and what the worker
@@ -71,6 +83,9 @@ type session struct {
 	held     [2]*held
 
 	closeLogged bool
+	uncounted   bool // no longer counted in perClient
+	pinRate     gate // pinholes opened per second
+	rejLog      gate // rejected events logged per second (all are counted)
 	persisted   bool // a state file exists for this session
 	rewrites    int
 	pinholes    int
@@ -102,8 +117,9 @@ type worker struct {
 	st    *stateStore // nil: no restart persistence
 	log   *slog.Logger
 	m     *metrics
-	in    chan queue.Packet
 	ctl   chan ctlMsg
+
+	mu sync.Mutex // the packet path (enqueue) and the timer/event loop (run)
 
 	sessions  map[sessKey]*session
 	byOrig    map[conntrack.Tuple]*session
@@ -121,7 +137,7 @@ type worker struct {
 	joined []byte
 	mtus   map[uint32]int
 	mtuAt  time.Time
-	warn   limiter
+	warn   limiter // per-packet warnings and notes
 }
 
 func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *slog.Logger, m *metrics) *worker {
@@ -138,7 +154,6 @@ func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *
 		pins:      pins,
 		log:       log,
 		m:         m,
-		in:        make(chan queue.Packet, inboxLen),
 		ctl:       make(chan ctlMsg, 1024),
 		sessions:  make(map[sessKey]*session),
 		byOrig:    make(map[conntrack.Tuple]*session),
@@ -154,17 +169,17 @@ func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *
 	}
 }
 
-// enqueue is the queue's callback: it runs on the queue's reader goroutine and must not block.
+// enqueue is the queue's callback. It handles the packet right there, on the queue's reader
+// goroutine: a hand-off to another goroutine cost a wake-up per packet (about a fifth of the
+// daemon's CPU and most of its added latency, measured with perf). While it runs the kernel
+// keeps further packets in its queue (fail-open: accepted past --queue's length). The mutex is
+// the worker's own: it is shared only with this worker's timer and event loop (run), so it is
+// uncontended on the packet path.
 func (w *worker) enqueue(p queue.Packet) {
-	select {
-	case w.in <- p:
-	default:
-		// The worker is overloaded: drop and count (TCP retransmits), never block the reader.
-		w.m.pDrop.Inc()
-		if err := w.q.Drop(p.ID); err != nil {
-			w.m.queueErrors.Inc()
-		}
-	}
+	now := time.Now()
+	w.mu.Lock()
+	w.handle(p, now)
+	w.mu.Unlock()
 }
 
 // send delivers a control message to the worker unless it has stopped.
@@ -181,36 +196,33 @@ func (w *worker) run(ctx context.Context) error {
 	lastSweep := time.Now()
 	for {
 		select {
-		case p := <-w.in:
-			w.handle(p, time.Now())
 		case m := <-w.ctl:
+			w.mu.Lock()
 			w.control(m, time.Now())
+			w.mu.Unlock()
 		case now := <-tick.C:
+			w.mu.Lock()
 			w.releaseHeld(now, false)
 			if now.Sub(lastSweep) >= 5*time.Second {
 				w.sweep(now)
 				lastSweep = now
 			}
+			w.mu.Unlock()
 		case <-ctx.Done():
+			w.mu.Lock()
 			w.drain()
+			w.mu.Unlock()
 			return nil
 		}
 	}
 }
 
-// drain gives every packet still in the worker's hands a verdict before the queue closes.
+// drain gives every held packet a verdict before the queue closes and ends the sessions
+// (saving the state of resized ones for the next run).
 func (w *worker) drain() {
-	for {
-		select {
-		case p := <-w.in:
-			w.handle(p, time.Now())
-		default:
-			w.releaseHeld(time.Now(), true)
-			for _, s := range w.sessions {
-				w.removeSession(s, "shutdown")
-			}
-			return
-		}
+	w.releaseHeld(time.Now(), true)
+	for _, s := range w.sessions {
+		w.removeSession(s, "shutdown")
 	}
 }
 
@@ -244,6 +256,11 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		return
 	}
 	s := w.sessions[key]
+	if s != nil && !s.closedAt.IsZero() && w.pkt.SYN() && !w.pkt.ACK() && dir == alg.FromClient {
+		// A new connection on the 4-tuple of one that closed and still lingers.
+		w.removeSession(s, "closed")
+		s = nil
+	}
 	if s == nil {
 		if w.pkt.RST() {
 			w.accept(p.ID, nil, w.m.pBypass)
@@ -267,6 +284,11 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		switch {
 		case plen == 0 && !w.pkt.FIN() && !w.pkt.RST():
 			// A pure ACK leaves the held bytes alone.
+		case plen > 0 && seqLE(hseq, seq) && seqLE(seq+plen, hend) && !w.pkt.FIN() && !w.pkt.RST():
+			// A retransmission of bytes already held (a tail loss probe: the held bytes are not
+			// acknowledged): the held packet carries them.
+			w.drop(p.ID)
+			return
 		case seq == hend:
 			// The next segment: it may complete the held line; decided after Feed.
 		case seqLE(seq, hseq) && seqLE(hend, seq+plen):
@@ -308,7 +330,11 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 	// Hold this packet back if it ends inside a line that may become a command needing a
 	// rewrite, so that the segment completing it can be joined to it.
 	if len(w.edits) == 0 && plen > 0 && !w.pkt.FIN() && !w.pkt.RST() {
-		if start, n, cand := s.eng.Partial(dir); cand && n > 0 && seqLE(first, start) {
+		holdFrom := first
+		if h != nil && !joinedHeld {
+			holdFrom, _ = w.heldRange(h) // a line dribbled over more segments joins the held one
+		}
+		if start, n, cand := s.eng.Partial(dir); cand && n > 0 && seqLE(holdFrom, start) && now.Sub(heldSince(h, now)) < maxHoldTotal {
 			if h != nil && !joinedHeld {
 				if err := w.join(s, dir, h, &p); err != nil {
 					w.releaseOne(s, dir)
@@ -320,8 +346,9 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 			if joinedHeld {
 				s.held[dir].id = p.ID
 				s.held[dir].bytes = append(s.held[dir].bytes[:0], w.pkt.Bytes()...)
+				s.held[dir].since = now // each new piece restarts the wait, up to maxHoldTotal
 			} else {
-				s.held[dir] = &held{id: p.ID, bytes: append([]byte(nil), w.pkt.Bytes()...), since: now}
+				s.held[dir] = &held{id: p.ID, bytes: append([]byte(nil), w.pkt.Bytes()...), since: now, first: now}
 			}
 			w.holding[s] = struct{}{}
 			w.m.pHold.Inc()
@@ -341,6 +368,7 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		// Logged now; the state lingers to adjust retransmitted FINs and the last ACKs.
 		s.closedAt = now
 		w.logClose(s, closeReason(w.pkt.RST()))
+		w.uncountClient(s) // a closed session lingers, but no longer counts against its client
 	}
 }
 
@@ -414,14 +442,16 @@ func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
 		w.accept(id, nil, w.m.pAccept)
 		return
 	}
-	if len(w.edits) > 0 {
-		w.persist(s) // before the verdict: the rewrite must survive a crash right after it
-	}
 	if changed {
 		w.accept(id, out, w.m.pModified)
-		return
+	} else {
+		w.accept(id, nil, w.m.pAccept)
 	}
-	w.accept(id, nil, w.m.pAccept)
+	if len(w.edits) > 0 {
+		// Right after the verdict, not before: the file write is off the packet's latency
+		// (a crash in the microseconds between loses that one session's deltas).
+		w.persist(s)
+	}
 }
 
 func (w *worker) accept(id uint32, altered []byte, c interface{ Inc() }) {
@@ -485,7 +515,7 @@ func (w *worker) unholdIfDone(s *session) {
 func (w *worker) releaseHeld(now time.Time, all bool) {
 	for s := range w.holding {
 		for dir := range s.held {
-			if h := s.held[dir]; h != nil && (all || now.Sub(h.since) >= holdTimeout) {
+			if h := s.held[dir]; h != nil && (all || now.Sub(h.since) >= holdTimeout || now.Sub(h.first) >= maxHoldTotal) {
 				w.releaseOne(s, alg.Dir(dir))
 			}
 		}
@@ -548,8 +578,16 @@ func (w *worker) lookupFlow(s *session) {
 	}
 	s.flow, s.haveFlow = f, true
 	w.byOrig[f.Orig] = s
-	if a := f.Orig.Dst.Addr(); a != s.key.server.Addr() {
+	if a := f.Orig.Dst.Addr(); a != s.key.server.Addr() && a != s.key.client.Addr() {
 		s.eng.SetServerAlias(a)
+	}
+	if s.nat.Active() && !s.liberal {
+		// A resized stream on a new conntrack entry (after a restart or a flush).
+		if err := w.k.SetLiberal(f); err != nil {
+			w.m.kernelErrors.WithLabelValues("set_liberal").Inc()
+		} else {
+			s.liberal = true
+		}
 	}
 }
 
@@ -563,10 +601,7 @@ func (w *worker) removeSession(s *session, reason string) {
 	if s.haveFlow && w.byOrig[s.flow.Orig] == s {
 		delete(w.byOrig, s.flow.Orig)
 	}
-	c := s.key.client.Addr()
-	if w.perClient[c]--; w.perClient[c] <= 0 {
-		delete(w.perClient, c)
-	}
+	w.uncountClient(s)
 	w.pins.sessionGone(s.key)
 	w.m.sessions.Dec()
 	switch {
@@ -593,6 +628,17 @@ func closeReason(rst bool) string {
 	return "fin"
 }
 
+func (w *worker) uncountClient(s *session) {
+	if s.uncounted {
+		return
+	}
+	s.uncounted = true
+	c := s.key.client.Addr()
+	if w.perClient[c]--; w.perClient[c] <= 0 {
+		delete(w.perClient, c)
+	}
+}
+
 func (w *worker) control(m ctlMsg, now time.Time) {
 	switch m.kind {
 	case ctlRelease:
@@ -600,9 +646,20 @@ func (w *worker) control(m ctlMsg, now time.Time) {
 			s.eng.Release()
 		}
 	case ctlFlowGone:
-		if s := w.byOrig[m.orig]; s != nil {
-			w.removeSession(s, "conntrack_gone")
+		s := w.byOrig[m.orig]
+		if s == nil {
+			return
 		}
+		if s.nat.Active() && s.closedAt.IsZero() {
+			// The entry is gone (conntrack -F, table pressure) but the connection may live on:
+			// the kernel picks it up again from its next packet. Its stream is resized, so
+			// the deltas must stay; the new entry is looked up (and made liberal) anew.
+			delete(w.byOrig, m.orig)
+			s.haveFlow, s.liberal = false, false
+			w.logEvent(evNote, s.key, slog.String("reason", "conntrack_gone_kept"))
+			return
+		}
+		w.removeSession(s, "conntrack_gone")
 	}
 }
 

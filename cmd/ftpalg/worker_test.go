@@ -575,3 +575,166 @@ func TestSplitTooLargeToJoinIsNotMerged(t *testing.T) {
 		t.Errorf("rejected events = %v, want one unrewritable", rej)
 	}
 }
+
+func TestPortDribbledBytePerSegment(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	first := h.cseq
+	line := "PORT 192,0,2,10,4,1\r\n"
+	var last []verdict
+	for i := 0; i < len(line); i++ {
+		h.now = h.now.Add(5 * time.Millisecond)
+		last = h.fromClient(line[i : i+1])
+		if i < len(line)-1 {
+			// Every piece is held: the earlier ones are superseded (dropped) as they are
+			// joined into the newest.
+			for _, v := range last {
+				if v.accept {
+					t.Fatalf("byte %d: a piece was released before the line completed: %+v", i, last)
+				}
+			}
+		}
+	}
+	var got verdict
+	for _, v := range last {
+		if v.accept {
+			got = v
+		}
+	}
+	if got.altered == nil {
+		t.Fatalf("last byte: no rewritten packet released: %+v", last)
+	}
+	if _, tcp := decoded(t, got.altered); string(tcp.Payload) != "PORT 198,51,100,1,4,1\r\n" || tcp.Seq != first {
+		t.Errorf("released %q at seq %d, want the whole rewritten line at %d", tcp.Payload, tcp.Seq, first)
+	}
+}
+
+func TestConntrackFlushKeepsShiftedSession(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n") // +2 bytes
+	h.w.control(ctlMsg{kind: ctlFlowGone, orig: snatFlow.Orig}, h.now)
+	if len(h.w.sessions) != 1 {
+		t.Fatal("a session with a resized stream was forgotten when its conntrack entry went")
+	}
+	liberal := h.k.liberal
+	v := onlyVerdict(t, h.send(tcpPacket(t, server, client, h.sseq, h.cseq+2, false, false, "200 ok\r\n")))
+	if v.altered == nil {
+		t.Fatal("after the flush the server's ack was released unadjusted")
+	}
+	if _, tcp := decoded(t, v.altered); tcp.Ack != h.cseq {
+		t.Errorf("ack = %d, want %d", tcp.Ack, h.cseq)
+	}
+	if h.k.liberal != liberal+1 {
+		t.Errorf("the new conntrack entry was not made liberal")
+	}
+
+	// A session that never resized its stream is simply forgotten.
+	h2 := newHarness(t, nil)
+	h2.handshake()
+	h2.fromServer("220 ready\r\n")
+	h2.w.control(ctlMsg{kind: ctlFlowGone, orig: snatFlow.Orig}, h2.now)
+	if len(h2.w.sessions) != 0 {
+		t.Error("an unshifted session outlived its conntrack entry")
+	}
+}
+
+func TestRejectionFloodIsLoggedAtABoundedRate(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	for i := 0; i < 200; i++ {
+		h.fromClient("PORT 203,0,113,5,4,1\r\n")
+	}
+	if n := len(h.events(evRejected)); n != maxRejectLogs {
+		t.Errorf("%d rejected lines for 200 bounces in one second, want %d", n, maxRejectLogs)
+	}
+	h.now = h.now.Add(time.Second)
+	h.fromClient("PORT 203,0,113,5,4,1\r\n")
+	ev := h.events(evRejected)
+	if last := ev[len(ev)-1]; last["suppressed"] != float64(200-maxRejectLogs) {
+		t.Errorf("next line's suppressed = %v, want %d", last["suppressed"], 200-maxRejectLogs)
+	}
+
+	if got := testutilCount(t, h.w.m.rejections.WithLabelValues("bounce")); got != 201 {
+		t.Errorf("rejections counted %v, want 201", got)
+	}
+}
+
+func TestPinholeRateIsLimitedPerSession(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	for i := 0; i < 150; i++ {
+		h.fromClient("PORT 192,0,2,10,4,1\r\n")
+		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server}}, h.now) // as when used
+	}
+	if got := testutilCount(t, h.w.m.pinholesOpened); got != maxPinholeRate {
+		t.Errorf("%v pinholes opened in one second, want %d", got, maxPinholeRate)
+	}
+	if got := testutilCount(t, h.w.m.rejections.WithLabelValues("rate_limit")); got != 50 {
+		t.Errorf("%v rate_limit rejections, want 50", got)
+	}
+	h.now = h.now.Add(time.Second)
+	before := testutilCount(t, h.w.m.pinholesOpened)
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	if testutilCount(t, h.w.m.pinholesOpened) != before+1 {
+		t.Error("no pinhole in the next second")
+	}
+}
+
+func TestRetransmissionInsideHeldBytesIsDropped(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	first := h.cseq
+	h.fromClient("PORT 1")
+	h.fromClient("92,0,")
+	// A tail loss probe retransmits the newest held bytes.
+	v := onlyVerdict(t, h.send(tcpPacket(t, client, server, h.cseq-5, h.sseq, false, false, "92,0,")))
+	if v.accept {
+		t.Fatalf("the retransmission of held bytes was released: %+v", v)
+	}
+	got := h.fromClient("2,10,4,1\r\n")
+	var rel verdict
+	for _, x := range got {
+		if x.accept {
+			rel = x
+		}
+	}
+	if rel.altered == nil {
+		t.Fatalf("no rewritten packet: %+v", got)
+	}
+	if _, tcp := decoded(t, rel.altered); string(tcp.Payload) != "PORT 198,51,100,1,4,1\r\n" || tcp.Seq != first {
+		t.Errorf("released %q at %d, want the whole rewritten line at %d", tcp.Payload, tcp.Seq, first)
+	}
+}
+
+func TestNewConnectionOnALingeringTupleGetsAFreshSession(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n") // the old connection's stream is resized
+	h.send(tcpPacket(t, client, server, h.cseq, h.sseq, false, true, ""))
+	h.send(tcpPacket(t, server, client, h.sseq, h.cseq+1, false, true, ""))
+	old := h.w.sessions[sessKey{client, server}]
+	if old == nil || old.closedAt.IsZero() {
+		t.Fatal("the first connection is not closed")
+	}
+	if got := h.w.perClient[client.Addr()]; got != 0 {
+		t.Errorf("a closed session still counts against its client: %d", got)
+	}
+	// The same 4-tuple again, with a new ISN.
+	h2 := newHarness(t, nil)
+	h2.w, h2.q, h2.k, h2.logs = h.w, h.q, h.k, h.logs
+	h2.cseq, h2.sseq = 5000, 9000
+	h2.handshake()
+	if s := h.w.sessions[sessKey{client, server}]; s == old || s.nat.Active() {
+		t.Fatal("the new connection reuses the closed one's session")
+	}
+	if v := onlyVerdict(t, h2.fromServer("220 ready\r\n")); v.altered != nil {
+		t.Error("the new connection's packets are adjusted with the old one's deltas")
+	}
+}

@@ -53,8 +53,6 @@ const (
 	nfqInfoSize     = 8 // 3 × u16, padded to the 8-byte XT_ALIGN the kernel checks
 	loopbackIfname  = "lo"
 	ifnameSize      = unix.IFNAMSIZ
-	ctDirOriginal   = 0 // IP_CT_DIR_ORIGINAL
-	ctDirReply      = 1 // IP_CT_DIR_REPLY
 	tcpDportOffset  = 2
 	tcpSportOffset  = 0
 	tcpPortLen      = 2
@@ -241,9 +239,9 @@ func (r rule) text(cfg Config, queue string) string {
 	case ruleCarrier:
 		s += fmt.Sprintf("ct state new tcp dport @%s ct helper set %q", SetPorts, cfg.Helper)
 	case ruleQueueOriginal:
-		s += fmt.Sprintf("ct direction original tcp dport @%s %s", SetPorts, queue)
+		s += fmt.Sprintf("tcp dport @%s %s", SetPorts, queue)
 	case ruleQueueReply:
-		s += fmt.Sprintf("ct direction reply tcp sport @%s %s", SetPorts, queue)
+		s += fmt.Sprintf("tcp sport @%s %s", SetPorts, queue)
 	}
 	return s
 }
@@ -321,14 +319,15 @@ func (r rule) exprs(cfg Config, set *nftables.Set) []expr.Any {
 		e = append(e, tcpPort(tcpDportOffset)...)
 		e = append(e, &expr.Objref{Type: objTypeCtHelper, Name: cfg.Helper})
 	case ruleQueueOriginal, ruleQueueReply:
-		dir, off := byte(ctDirOriginal), uint32(tcpDportOffset)
+		// By port alone, not by conntrack direction: after `conntrack -F` (or a conntrack
+		// table that lost the entry) the kernel picks a live connection up from whichever
+		// packet comes next, and a server's packet then makes the server→client direction the
+		// "original" one. The packets of a connection whose stream ftpalg resized must keep
+		// reaching it whatever conntrack thinks.
+		off := uint32(tcpDportOffset)
 		if r.kind == ruleQueueReply {
-			dir, off = ctDirReply, tcpSportOffset
+			off = tcpSportOffset
 		}
-		e = append(e,
-			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{dir}},
-		)
 		e = append(e, tcpPort(off)...)
 		e = append(e, nfqueueExpr(cfg))
 	}
