@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/ftpalg/ftpalg/e2e/lab"
 )
 
 // testVersion is stamped into the binary the tests build (-X main.version).
@@ -274,9 +276,21 @@ func TestImage(t *testing.T) {
 		}
 	})
 
-	t.Run("run in a network namespace", func(t *testing.T) {
-		ns := fmt.Sprintf("ftpalgdeploy%d", os.Getpid())
-		newNetns(t, ns)
+	t.Run("run on the lab router", func(t *testing.T) {
+		// The e2e lab (client behind SNAT, router with a default-drop forward chain, outside
+		// vsftpd): the container joins the router's network namespace as it would join a
+		// real router's host network.
+		l, err := lab.New(ctx, lab.Config{Addrs: lab.Grow(), Logf: t.Logf})
+		if err != nil {
+			t.Fatalf("lab: %v", err)
+		}
+		t.Cleanup(func() { l.Close() })
+		ns := l.NS(lab.Router)
+		x := l.Addrs
+		vs, err := l.StartVsftpd(ctx, lab.OutsideServer, x.OutsideServer, t.TempDir(), lab.VsftpdOptions{})
+		if err != nil {
+			t.Fatalf("vsftpd: %v", err)
+		}
 		// The carrier helper's module; the image has no modprobe (see ftpalg-modules.conf).
 		// Built-in or already loaded is fine: then modprobe has nothing to do or fails harmlessly.
 		exec.Command("modprobe", "nf_conntrack_sane").Run()
@@ -306,6 +320,27 @@ func TestImage(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 
+		// A passive and an active download through the container, client behind SNAT.
+		for _, mode := range []lab.Mode{lab.PASV, lab.PORT} {
+			local := filepath.Join(t.TempDir(), "got")
+			res := l.RunClient(ctx, lab.Client, lab.Curl, "", lab.Transfer{
+				Op: lab.Get, Mode: mode, Server: vs.URL(""), Local: local, Timeout: 20 * time.Second,
+			})
+			if res.Err != nil {
+				t.Errorf("%s download through the container: %v\n%s\n%s", mode, res.Err, res.Stderr, containerLogs(ctx, name))
+				continue
+			}
+			if sum, _, err := lab.FileSHA(local); err != nil || sum != vs.SHA {
+				t.Errorf("%s download: sha256 %s, want %s (%v)", mode, sum, vs.SHA, err)
+			}
+		}
+		logs := containerLogs(ctx, name)
+		for _, cmd := range []string{`"cmd":"227"`, `"cmd":"PORT"`} {
+			if !strings.Contains(logs, `"event":"pinhole_open"`) || !strings.Contains(logs, cmd) {
+				t.Errorf("no pinhole_open with %s in the container's log:\n%s", cmd, logs)
+			}
+		}
+
 		start = time.Now()
 		mustRun(t, podman(ctx, "stop", "--time", "10", name))
 		t.Logf("stopped in %s", time.Since(start).Round(time.Millisecond))
@@ -320,19 +355,6 @@ func TestImage(t *testing.T) {
 			t.Errorf("table inet ftpalg is still there after SIGTERM:\n%s", out)
 		}
 	})
-}
-
-// newNetns creates a network namespace with only a loopback, deleted when the test ends.
-func newNetns(t *testing.T, name string) {
-	t.Helper()
-	exec.Command("ip", "netns", "del", name).Run() // a leftover of a killed run with our PID
-	mustRun(t, exec.Command("ip", "netns", "add", name))
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	mustRun(t, exec.Command("ip", "-n", name, "link", "set", "lo", "up"))
 }
 
 // containerLogs returns the container's output (stdout and stderr), or the error getting it.
