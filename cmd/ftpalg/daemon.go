@@ -69,6 +69,17 @@ func (d *daemon) Run(ctx context.Context) error {
 	defer stopRun()
 	pins := newPinholes(runCtx, ct, d.log, d.m, d.cfg.PinholeTimeout)
 	st := d.openState(ct)
+	if st != nil {
+		// File writes off the packet path, finished before Run returns (after the workers
+		// saved their sessions at shutdown).
+		st.ops = make(chan stateOp, 4096)
+		written := make(chan struct{})
+		go func() {
+			st.writer(func(err error) { d.log.Warn(evError, "op", "save_state", "err", err.Error()) })
+			close(written)
+		}()
+		defer func() { close(st.ops); <-written }()
+	}
 
 	var queues []*queue.Queue
 	defer func() {

@@ -16,16 +16,11 @@ import (
 func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time.Time) {
 	switch d.Action {
 	case alg.ActOpen:
-		if !s.pinRate.allow(now, maxPinholeRate) {
-			// A client announcing endpoints faster than any transfer could use them.
-			w.m.rejections.WithLabelValues("rate_limit").Inc()
-			if s.rejLog.allow(now, maxRejectLogs) {
-				w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "rate_limit"),
-					slog.Int("limit_per_second", maxPinholeRate), slog.Int("suppressed", s.rejLog.takeDropped()))
-			}
-			return
+		// The engine counts every ActOpen as a pending pinhole; when none is opened after
+		// all, it must hear so, or the session soon refuses everything as over its limit.
+		if !w.tryOpen(s, d, first, end, now) {
+			s.eng.Release()
 		}
-		w.open(s, d, first, end)
 	case alg.ActReject:
 		reason := d.Reason.String()
 		w.m.rejections.WithLabelValues(reason).Inc()
@@ -71,11 +66,26 @@ func inRange(sp alg.Span, first, end uint32) bool {
 	return seqLE(first, sp.Seq) && seqLE(sp.Seq+uint32(sp.Len), end)
 }
 
+// tryOpen opens the pinhole for an accepted endpoint unless the session is over its rate; it
+// reports whether a pinhole was opened.
+func (w *worker) tryOpen(s *session, d *alg.Decision, first, end uint32, now time.Time) bool {
+	if !s.pinRate.allow(now, maxPinholeRate) {
+		// A client announcing endpoints faster than any transfer could use them.
+		w.m.rejections.WithLabelValues("rate_limit").Inc()
+		if s.rejLog.allow(now, maxRejectLogs) {
+			w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "rate_limit"),
+				slog.Int("limit_per_second", maxPinholeRate), slog.Int("suppressed", s.rejLog.takeDropped()))
+		}
+		return false
+	}
+	return w.open(s, d, first, end)
+}
+
 // open applies the pinhole rule (DESIGN.md) to an accepted endpoint E announced by the sender:
 // the peer is told how it sees the sender (E'), the expectation peer → E' is created before the
 // packet is released, with NAT back to the sender's own address when E' differs from it, and
 // the text is rewritten when E' differs from what was announced.
-func (w *worker) open(s *session, d *alg.Decision, first, end uint32) {
+func (w *worker) open(s *session, d *alg.Decision, first, end uint32) bool {
 	if !s.haveFlow {
 		w.lookupFlow(s)
 	}
@@ -83,7 +93,7 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) {
 		w.m.rejections.WithLabelValues("no_conntrack").Inc()
 		w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "no_conntrack"),
 			slog.String("announced", d.Endpoint.String()))
-		return
+		return false
 	}
 	f := s.flow
 	e := d.Endpoint
@@ -122,7 +132,7 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) {
 		w.m.rejections.WithLabelValues("pinhole_failed").Inc()
 		w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "pinhole_failed"),
 			slog.String("announced", e.String()), slog.String("err", err.Error()))
-		return
+		return false
 	}
 
 	// The text changes when what the peer must use differs from what was announced: the
@@ -136,7 +146,7 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) {
 			w.m.rejections.WithLabelValues("unrewritable").Inc()
 			w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "unrewritable"),
 				slog.String("announced", e.String()))
-			return
+			return false
 		}
 		start := len(w.text)
 		w.text = alg.AppendEndpoint(w.text, d, to)
@@ -161,6 +171,7 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) {
 	if replaced := w.pins.open(w, s.key, exp, d.Cmd.String(), d.Loose); replaced {
 		s.eng.Release()
 	}
+	return true
 }
 
 func (w *worker) deleteExpect(e conntrack.Expectation) {

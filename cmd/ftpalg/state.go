@@ -35,6 +35,7 @@ type sessionState struct {
 
 type stateStore struct {
 	dir string
+	ops chan stateOp // when set, writes go to the writer goroutine (see writer)
 
 	mu      sync.Mutex
 	restore map[sessKey]sessionState // loaded at start, claimed by workers
@@ -108,11 +109,42 @@ func (st *stateStore) claim(k sessKey) (sessionState, bool) {
 	return s, ok
 }
 
-// save writes a session's state atomically (write to a temporary file, rename).
+// stateOp is a save (state set) or a removal, for the writer goroutine.
+type stateOp struct {
+	key   sessKey
+	state *sessionState
+}
+
+// writer performs the file operations handed to it in order, so that the packet path never
+// waits for the file system (a PORT's rewrite would otherwise delay the server's reply behind
+// it). It returns when ops is closed, after the last operation. A crash leaves at most the
+// operations still queued undone.
+func (st *stateStore) writer(onErr func(error)) {
+	for op := range st.ops {
+		if op.state == nil {
+			st.removeNow(op.key)
+			continue
+		}
+		if err := st.saveNow(*op.state); err != nil {
+			onErr(err)
+		}
+	}
+}
+
+// save writes a session's state, through the writer goroutine when there is one.
 func (st *stateStore) save(s sessionState) error {
 	if st == nil {
 		return nil
 	}
+	if st.ops != nil {
+		st.ops <- stateOp{key: sessKey{s.Client, s.Server}, state: &s}
+		return nil
+	}
+	return st.saveNow(s)
+}
+
+// saveNow writes a session's state atomically (write to a temporary file, rename).
+func (st *stateStore) saveNow(s sessionState) error {
 	b, err := json.Marshal(s)
 	if err != nil {
 		return err
@@ -133,6 +165,14 @@ func (st *stateStore) remove(k sessKey) {
 	if st == nil {
 		return
 	}
+	if st.ops != nil {
+		st.ops <- stateOp{key: k}
+		return
+	}
+	st.removeNow(k)
+}
+
+func (st *stateStore) removeNow(k sessKey) {
 	if err := os.Remove(st.path(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		_ = err // nothing better to do: a stale file expires after stateMaxAge
 	}

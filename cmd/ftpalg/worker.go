@@ -38,7 +38,7 @@ const (
 	maxSessions     = 1 << 17                // per worker
 	maxPerClient    = 256                    // sessions per client address, per worker
 	maxPortTries    = 16                     // other ports tried when an expectation collides
-	maxPinholeRate  = 100                    // pinholes a session may open per second
+	maxPinholeRate  = 2000                   // pinholes a session may open per second
 	maxRejectLogs   = 10                     // rejected lines a session may log per second
 	maxPacket       = 65535
 	defaultMaxLen   = 1500

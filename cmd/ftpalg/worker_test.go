@@ -30,6 +30,7 @@ type fakeKernel struct {
 	deleted  []conntrack.Expectation
 	liberal  int
 	busyPort map[netip.AddrPort]bool // expectation destinations that collide
+	refuse   int                     // CreateExpect calls still to refuse (no carrier helper)
 }
 
 func (k *fakeKernel) Lookup(seen conntrack.Tuple) (conntrack.Flow, error) {
@@ -53,6 +54,10 @@ func (k *fakeKernel) CreateExpect(e conntrack.Expectation) error {
 	defer k.mu.Unlock()
 	if k.busyPort[e.Dst] {
 		return conntrack.ErrExist
+	}
+	if k.refuse > 0 {
+		k.refuse--
+		return conntrack.ErrNoHelper
 	}
 	k.expects = append(k.expects, e)
 	return nil
@@ -667,7 +672,7 @@ func TestPinholeRateIsLimitedPerSession(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake()
 	h.fromServer("220 ready\r\n")
-	for i := 0; i < 150; i++ {
+	for i := 0; i < maxPinholeRate+50; i++ {
 		h.fromClient("PORT 192,0,2,10,4,1\r\n")
 		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server}}, h.now) // as when used
 	}
@@ -736,5 +741,22 @@ func TestNewConnectionOnALingeringTupleGetsAFreshSession(t *testing.T) {
 	}
 	if v := onlyVerdict(t, h2.fromServer("220 ready\r\n")); v.altered != nil {
 		t.Error("the new connection's packets are adjusted with the old one's deltas")
+	}
+}
+
+func TestDeclinedOpensDoNotExhaustTheSessionLimit(t *testing.T) {
+	h := newHarness(t, nil)
+	h.k.refuse = 8 // e.g. a session that started before ftpalg: its master has no carrier
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	for i := 0; i < 8; i++ {
+		h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	}
+	if len(h.k.expects) != 0 {
+		t.Fatalf("expectations created while the kernel refused: %+v", h.k.expects)
+	}
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	if len(h.k.expects) != 1 {
+		t.Errorf("after 8 refused pinholes the session opens none: %v\n%s", h.k.expects, h.logs)
 	}
 }
