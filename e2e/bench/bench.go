@@ -32,6 +32,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,7 +59,8 @@ type Options struct {
 	Ftpalg string // path of the ftpalg binary
 	Peer   string // path of the benchpeer binary
 
-	RTTCount        int           // PASV→227 and PORT→200 round trips on one session
+	RTTCount        int           // PASV→227 and PORT→200 round trips on one session, in all
+	RTTRounds       int           // the round trips are split in rounds across the setups
 	PinholeCount    int           // data connections timed per mode
 	SessionDuration time.Duration // per (mode, concurrency) cell
 	Concurrency     []int
@@ -67,8 +69,8 @@ type Options struct {
 	BulkRuns        int
 	IdleSessions    int // ftpalg only
 	// ClientAddrs is how many inside client addresses the sessions and idle benchmarks spread
-	// their sessions over, in every setup: ftpalg admits at most 256 sessions per client
-	// address (per worker), and a closed session still counts for its 10 s linger.
+	// their sessions over, in every setup (ftpalg admits at most 256 open sessions per client
+	// address and worker): the router sees many clients, as routers do.
 	ClientAddrs int
 
 	Setups []Setup // nil: all
@@ -79,7 +81,7 @@ type Options struct {
 // Full is the configuration of `make bench`.
 func Full() Options {
 	return Options{
-		RTTCount: 2000, PinholeCount: 500, SessionDuration: 5 * time.Second, Concurrency: []int{1, 16, 256},
+		RTTCount: 3000, RTTRounds: 5, PinholeCount: 500, SessionDuration: 5 * time.Second, Concurrency: []int{1, 16, 256},
 		TransferBytes: 1024, BulkBytes: 512 << 20, BulkRuns: 3, IdleSessions: 10000, ClientAddrs: 128,
 	}
 }
@@ -88,7 +90,7 @@ func Full() Options {
 // smaller counts.
 func Short() Options {
 	return Options{
-		RTTCount: 200, PinholeCount: 50, SessionDuration: time.Second, Concurrency: []int{1, 16, 256},
+		RTTCount: 200, RTTRounds: 2, PinholeCount: 50, SessionDuration: time.Second, Concurrency: []int{1, 16, 256},
 		TransferBytes: 1024, BulkBytes: 32 << 20, BulkRuns: 1, IdleSessions: 1000, ClientAddrs: 128,
 	}
 }
@@ -225,8 +227,12 @@ func (o *Options) logf(format string, args ...any) {
 	}
 }
 
-// Run runs every setup in turn and returns the report. A setup that fails to come up is
-// recorded in its Errors and the run goes on; err is only for what stops the whole run.
+// Run brings every setup up, then runs each measurement on all of them back to back, in a
+// rotating order, so that the machine's drifting load (a shared 2-core machine) does not land
+// on one setup: the ratios compare figures taken seconds apart, not minutes. The command round
+// trips run in several rounds; each percentile is the median of the rounds. A setup that
+// fails to come up is recorded in its Errors and the run goes on; err is only for what stops
+// the whole run.
 func Run(ctx context.Context, opt Options) (*Report, error) {
 	if opt.Ftpalg == "" || opt.Peer == "" {
 		return nil, errors.New("bench: Options.Ftpalg and Options.Peer are required")
@@ -236,29 +242,167 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		setups = Setups
 	}
 	rep := &Report{Options: opt, Machine: machine(), Started: time.Now()}
-	for _, s := range setups {
-		if err := ctx.Err(); err != nil {
-			return rep, err
+	var envs []*env
+	defer func() {
+		for _, e := range envs {
+			e.close()
 		}
-		start := time.Now()
+	}()
+	for _, s := range setups {
 		res := &Result{Setup: s}
-		if err := runSetup(ctx, &opt, res); err != nil {
+		rep.Results = append(rep.Results, res)
+		e, err := upSetup(ctx, &opt, res)
+		if err != nil {
 			res.Errors = append(res.Errors, err.Error())
 			opt.logf("%s: %v", s, err)
+			continue
 		}
-		res.Duration = time.Since(start)
-		rep.Results = append(rep.Results, res)
+		envs = append(envs, e)
+	}
+	// phase runs fn on every live setup, starting with the i-th, and records errors.
+	phase := func(i int, what string, fn func(e *env) error) {
+		for k := range envs {
+			e := envs[(i+k)%len(envs)]
+			if ctx.Err() != nil || e.failed {
+				continue
+			}
+			opt.logf("%s: %s", e.res.Setup, what)
+			start := time.Now()
+			if err := fn(e); err != nil {
+				e.res.Errors = append(e.res.Errors, fmt.Sprintf("%s: %v", what, err))
+				opt.logf("%s: %s: %v", e.res.Setup, what, err)
+				e.failed = true
+			}
+			e.res.Duration += time.Since(start)
+		}
+	}
+
+	// Command round trips, with ftpalg's CPU per control packet.
+	rounds := opt.RTTRounds
+	if rounds < 1 {
+		rounds = 1
+	}
+	rtts := make(map[*env][]RTT)
+	cpuRTT := make(map[*env][2]float64)
+	for r := range rounds {
+		phase(r, fmt.Sprintf("rtt round %d/%d (%d round trips)", r+1, rounds, opt.RTTCount/rounds), func(e *env) error {
+			cpu0, pk0 := e.cpuAndPackets(ctx)
+			var x RTT
+			if err := e.peer(ctx, &x, "rtt", "-server", e.server.String(), "-n", strconv.Itoa(opt.RTTCount/rounds)); err != nil {
+				return err
+			}
+			rtts[e] = append(rtts[e], x)
+			if e.ftpalg != nil {
+				cpu1, pk1 := e.cpuAndPackets(ctx)
+				c := cpuRTT[e]
+				cpuRTT[e] = [2]float64{c[0] + cpu1 - cpu0, c[1] + pk1 - pk0}
+			}
+			return nil
+		})
+	}
+	for _, e := range envs {
+		e.res.RTT = medianRTT(rtts[e])
+		if c, ok := cpuRTT[e]; ok {
+			e.res.CPU = append(e.res.CPU, ctlCPU("command round trips", c[0], c[1]))
+		}
+	}
+
+	phase(1, "pinhole latency", func(e *env) error {
+		if err := e.peer(ctx, &e.res.PinPASV, "pinhole", "-server", e.server.String(), "-n", strconv.Itoa(opt.PinholeCount), "-mode", "pasv"); err != nil {
+			return err
+		}
+		return e.peer(ctx, &e.res.PinPORT, "pinhole", "-server", e.server.String(), "-n", strconv.Itoa(opt.PinholeCount), "-mode", "port")
+	})
+
+	cpuSess := make(map[*env][2]float64)
+	i := 2
+	for _, mode := range []string{"pasv", "port"} {
+		for _, c := range opt.Concurrency {
+			phase(i, fmt.Sprintf("sessions %s c=%d", mode, c), func(e *env) error {
+				cpu0, pk0 := e.cpuAndPackets(ctx)
+				var s Sessions
+				if err := e.peer(ctx, &s, "sessions", "-server", e.server.String(), "-c", strconv.Itoa(c),
+					"-duration", opt.SessionDuration.String(), "-mode", mode, "-size", strconv.FormatInt(opt.TransferBytes, 10),
+					"-from", strings.Join(e.from, ",")); err != nil {
+					return err
+				}
+				e.res.Sessions = append(e.res.Sessions, s)
+				if e.ftpalg != nil {
+					cpu1, pk1 := e.cpuAndPackets(ctx)
+					x := cpuSess[e]
+					cpuSess[e] = [2]float64{x[0] + cpu1 - cpu0, x[1] + pk1 - pk0}
+				}
+				return nil
+			})
+			i++
+		}
+	}
+	for _, e := range envs {
+		if c, ok := cpuSess[e]; ok {
+			e.res.CPU = append(e.res.CPU, ctlCPU("sessions with one transfer", c[0], c[1]))
+		}
+	}
+
+	phase(i, fmt.Sprintf("bulk %d MiB x %d", opt.BulkBytes>>20, opt.BulkRuns), func(e *env) error {
+		return e.peer(ctx, &e.res.Bulk, "bulk", "-server", e.server.String(), "-size", strconv.FormatInt(opt.BulkBytes, 10), "-runs", strconv.Itoa(opt.BulkRuns))
+	})
+
+	for _, e := range envs {
+		if e.ftpalg == nil || e.failed {
+			continue
+		}
+		if opt.IdleSessions > 0 {
+			opt.logf("%s: %d idle sessions", e.res.Setup, opt.IdleSessions)
+			idle, err := e.idle(ctx)
+			if err != nil {
+				e.res.Errors = append(e.res.Errors, fmt.Sprintf("idle sessions: %v", err))
+			} else {
+				e.res.Idle = idle
+			}
+		}
+		if err := e.stopFtpalg(); err != nil {
+			e.res.Errors = append(e.res.Errors, err.Error())
+		}
 	}
 	rep.Elapsed = time.Since(rep.Started)
 	rep.Machine.LoadAfter = loadavg()
-	return rep, nil
+	return rep, ctx.Err()
+}
+
+// medianRTT takes, for each percentile, the median over the rounds.
+func medianRTT(rs []RTT) RTT {
+	med := func(get func(RTT) Lat) Lat {
+		if len(rs) == 0 {
+			return Lat{}
+		}
+		var out Lat
+		pick := func(f func(Lat) float64) float64 {
+			v := make([]float64, len(rs))
+			for i, r := range rs {
+				v[i] = f(get(r))
+			}
+			slices.Sort(v)
+			return v[len(v)/2]
+		}
+		out.P50 = pick(func(l Lat) float64 { return l.P50 })
+		out.P99 = pick(func(l Lat) float64 { return l.P99 })
+		out.Max = pick(func(l Lat) float64 { return l.Max })
+		for _, r := range rs {
+			out.N += get(r).N
+		}
+		return out
+	}
+	return RTT{PASV: med(func(r RTT) Lat { return r.PASV }), PORT: med(func(r RTT) Lat { return r.PORT })}
 }
 
 const metricsAddr = "127.0.0.1:9121"
 
 type env struct {
 	opt    *Options
+	res    *Result
+	failed bool // a measurement failed: the setup is left out of the rest
 	l      *lab.Lab
+	close  func()
 	server netip.AddrPort
 	dir    string
 	ftpalg *lab.Proc
@@ -266,23 +410,37 @@ type env struct {
 	from   []string // the client addresses sessions come from
 }
 
-func runSetup(ctx context.Context, opt *Options, res *Result) error {
+// upSetup builds a setup's lab (with ftpalg running for the ftpalg setup); e.close tears it
+// down.
+func upSetup(ctx context.Context, opt *Options, res *Result) (e *env, err error) {
 	l, err := lab.New(ctx, lab.Config{KernelHelper: res.Setup == KernelHelper, Logf: opt.Logf})
 	if err != nil {
-		return fmt.Errorf("lab: %w", err)
+		return nil, fmt.Errorf("lab: %w", err)
 	}
-	defer l.Close()
 	dir, err := os.MkdirTemp("", "ftpalg-bench-")
 	if err != nil {
-		return err
+		l.Close()
+		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	e := &env{opt: opt, l: l, dir: dir, server: netip.AddrPortFrom(l.Addrs.OutsideGo, 21)}
+	e = &env{opt: opt, res: res, l: l, dir: dir, server: netip.AddrPortFrom(l.Addrs.OutsideGo, 21)}
+	e.close = func() {
+		if e.ftpalg != nil {
+			e.stopFtpalg()
+		}
+		l.Close()
+		os.RemoveAll(dir)
+	}
+	defer func() {
+		if err != nil {
+			e.close()
+			e = nil
+		}
+	}()
 	if res.Setup == Plain {
 		// Forwarding only: open the data ports (passive: client → server; active: the server
 		// to the client's inside address, routed, not translated).
 		if err := l.Nft(ctx, "add rule inet lab forward tcp dport 1024-65535 ct state new accept\n"); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	// Many clients behind the router: extra inside addresses from .100 upwards.
@@ -296,78 +454,23 @@ func runSetup(ctx context.Context, opt *Options, res *Result) error {
 	}
 	if len(addrs) > 0 {
 		if err := l.AddAddrs(ctx, lab.Client, "eth0", x.Inside, addrs); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	srvLog := &lab.SyncBuffer{}
 	srv, err := l.Start(lab.OutsideGo, srvLog, srvLog, opt.Peer, "serve", "-listen", e.server.String())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := l.WaitFTP(ctx, lab.OutsideGo, e.server.Addr(), srv); err != nil {
-		return fmt.Errorf("benchpeer serve: %w (output %q)", err, srvLog.String())
+		return nil, fmt.Errorf("benchpeer serve: %w (output %q)", err, srvLog.String())
 	}
 	if res.Setup == Ftpalg {
 		if err := e.startFtpalg(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
-
-	// Command round trips, with ftpalg's CPU per control packet.
-	cpu0, pk0 := e.cpuAndPackets(ctx)
-	opt.logf("%s: rtt (%d round trips)", res.Setup, opt.RTTCount)
-	if err := e.peer(ctx, &res.RTT, "rtt", "-server", e.server.String(), "-n", strconv.Itoa(opt.RTTCount)); err != nil {
-		return err
-	}
-	if e.ftpalg != nil {
-		cpu1, pk1 := e.cpuAndPackets(ctx)
-		res.CPU = append(res.CPU, ctlCPU("command round trips", cpu1-cpu0, pk1-pk0))
-	}
-
-	opt.logf("%s: pinhole latency", res.Setup)
-	if err := e.peer(ctx, &res.PinPASV, "pinhole", "-server", e.server.String(), "-n", strconv.Itoa(opt.PinholeCount), "-mode", "pasv"); err != nil {
-		return err
-	}
-	if err := e.peer(ctx, &res.PinPORT, "pinhole", "-server", e.server.String(), "-n", strconv.Itoa(opt.PinholeCount), "-mode", "port"); err != nil {
-		return err
-	}
-
-	cpu0, pk0 = e.cpuAndPackets(ctx)
-	for _, mode := range []string{"pasv", "port"} {
-		for _, c := range opt.Concurrency {
-			opt.logf("%s: sessions %s c=%d", res.Setup, mode, c)
-			var s Sessions
-			if err := e.peer(ctx, &s, "sessions", "-server", e.server.String(), "-c", strconv.Itoa(c),
-				"-duration", opt.SessionDuration.String(), "-mode", mode, "-size", strconv.FormatInt(opt.TransferBytes, 10),
-				"-from", strings.Join(e.from, ",")); err != nil {
-				return err
-			}
-			res.Sessions = append(res.Sessions, s)
-		}
-	}
-	if e.ftpalg != nil {
-		cpu1, pk1 := e.cpuAndPackets(ctx)
-		res.CPU = append(res.CPU, ctlCPU("sessions with one transfer", cpu1-cpu0, pk1-pk0))
-	}
-
-	opt.logf("%s: bulk %d MiB x %d", res.Setup, opt.BulkBytes>>20, opt.BulkRuns)
-	if err := e.peer(ctx, &res.Bulk, "bulk", "-server", e.server.String(), "-size", strconv.FormatInt(opt.BulkBytes, 10), "-runs", strconv.Itoa(opt.BulkRuns)); err != nil {
-		return err
-	}
-
-	if e.ftpalg != nil && opt.IdleSessions > 0 {
-		idle, err := e.idle(ctx)
-		if err != nil {
-			return fmt.Errorf("idle sessions: %w", err)
-		}
-		res.Idle = idle
-	}
-	if e.ftpalg != nil {
-		if err := e.stopFtpalg(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return e, nil
 }
 
 func ctlCPU(phase string, cpu, pkts float64) CtlCPU {

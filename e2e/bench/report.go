@@ -16,8 +16,8 @@ func (r *Report) Markdown() string {
 		m.NProc, m.CPU, m.Kernel, m.Go, m.LoadBefore, m.LoadAfter)
 	w("Run: %s, %s in all.", r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Elapsed.Round(1e9))
 	o := r.Options
-	w("Sizes: %d command round trips, %d timed data connections per mode, %s per sessions cell (%d-byte transfer each), bulk %d MiB × %d, %d idle sessions.",
-		o.RTTCount, o.PinholeCount, o.SessionDuration, o.TransferBytes, o.BulkBytes>>20, o.BulkRuns, o.IdleSessions)
+	w("Sizes: %d command round trips in %d rounds (each percentile: the median of the rounds), %d timed data connections per mode, %s per sessions cell (%d-byte transfer each), bulk %d MiB × %d, %d idle sessions. The setups' labs are up together and each measurement runs on all of them back to back, in rotating order.",
+		o.RTTCount, o.RTTRounds, o.PinholeCount, o.SessionDuration, o.TransferBytes, o.BulkBytes>>20, o.BulkRuns, o.IdleSessions)
 	w("")
 	fa, kh, pl := r.Result(Ftpalg), r.Result(KernelHelper), r.Result(Plain)
 	w("| measurement | ftpalg | kernel helper | plain forwarding | ftpalg / kernel | ftpalg / plain | target |")
