@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -788,19 +789,20 @@ func dribble(t *testing.T, l *lab.Lab, d *lab.Daemon, vs *lab.FTPServer, role la
 }
 
 var (
-	sessionsOnce sync.Once
-	sessionsBin  string
-	sessionsErr  error
+	benchpeerOnce sync.Once
+	benchpeerBin  string
+	benchpeerErr  error
 )
 
-// requireSessions builds e2e/cmd/sessions once (TestMain builds only ftpalg and ftppeer).
-func requireSessions(t *testing.T) string {
+// requireBenchpeer builds e2e/cmd/benchpeer once (TestMain builds only ftpalg and ftppeer): its
+// cheap FTP server (serve), idle session holder (idle) and PORT flood (flood).
+func requireBenchpeer(t *testing.T) string {
 	t.Helper()
-	sessionsOnce.Do(func() { sessionsBin, sessionsErr = goBuild("sessions", "./e2e/cmd/sessions") })
-	if sessionsErr != nil {
-		t.Fatalf("build sessions: %v", sessionsErr)
+	benchpeerOnce.Do(func() { benchpeerBin, benchpeerErr = goBuild("benchpeer", "./e2e/cmd/benchpeer") })
+	if benchpeerErr != nil {
+		t.Fatalf("build benchpeer: %v", benchpeerErr)
 	}
-	return sessionsBin
+	return benchpeerBin
 }
 
 // rssSampler records the peak VmRSS of pid until stopped.
@@ -860,7 +862,7 @@ func TestFloods(t *testing.T) {
 	t.Parallel()
 	requireLab(t)
 	requireFtpalg(t)
-	bin := requireSessions(t)
+	bin := requireBenchpeer(t)
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
 	const metricsAddr = "127.0.0.1:9121"
@@ -875,7 +877,7 @@ func TestFloods(t *testing.T) {
 	}
 	fake := netip.AddrPortFrom(x.OutsideClient, 21)
 	if err := waitListen(l, fake); err != nil {
-		t.Fatalf("sessions serve: %v (%s)", err, srvOut.String())
+		t.Fatalf("benchpeer serve: %v (%s)", err, srvOut.String())
 	}
 	// transfer runs normal curl downloads and uploads through ftpalg, in both rewriting and
 	// passive modes.
@@ -917,9 +919,15 @@ func TestFloods(t *testing.T) {
 			t.Fatalf("flood: %v\n%s", res.Err, res.Stderr)
 		}
 		daemonAlive(t, d)
-		var sent, replies int
-		var secs float64
-		fmt.Sscanf(string(res.Stdout), "sent %d replies %d seconds %f", &sent, &replies, &secs)
+		var fr struct {
+			Sent    int     `json:"sent"`
+			Replies int     `json:"replies"`
+			Seconds float64 `json:"seconds"`
+		}
+		if err := json.Unmarshal(res.Stdout, &fr); err != nil {
+			t.Fatalf("flood output %q: %v", res.Stdout, err)
+		}
+		sent, replies, secs := fr.Sent, fr.Replies, fr.Seconds
 		after, err := metricsOf(l, metricsAddr)
 		if err != nil {
 			t.Fatalf("metrics: %v", err)
@@ -947,9 +955,9 @@ func TestFloods(t *testing.T) {
 		}
 		// Refused commands and pinholes are rate-limited per session (a log line per
 		// second says how many were left out); the metrics count them all.
-		// At most 2,000 pinholes a second per session (two lines each: open, replaced) and
-		// 10 rejected lines a second.
-		if limit := int(secs+1) * (2*2000 + 10 + 50); len(evs) > limit {
+		// A session gets at most 2,000 pinholes back to back, then 200 a second (three lines
+		// each: rewrite, pinhole_open, pinhole_closed replaced), and 10 rejected lines a second.
+		if limit := 3*(2000+int(secs+1)*200) + int(secs+1)*10 + 100; len(evs) > limit {
 			t.Errorf("%d log lines for %d commands from one client in %.1fs (bound %d): not rate-limited", len(evs), sent, secs, limit)
 		}
 		if len(lab.Filter(evs, "", func(ev lab.Event) bool {
@@ -984,23 +992,28 @@ func TestFloods(t *testing.T) {
 			t.Fatalf("client addresses: %v: %s", err, b)
 		}
 		out := &lab.SyncBuffer{}
-		p, err := l.Start(lab.Client, out, out, bin, "open", "-server", fake.String(), "-n", "10000", "-hold", "60s", "-src", strings.Join(srcs, ","))
+		p, err := l.Start(lab.Client, out, out, bin, "idle", "-server", fake.String(), "-n", "10000", "-from", strings.Join(srcs, ","))
 		if err != nil {
 			t.Fatal(err)
 		}
+		// idle prints one JSON line once every session is open, then holds them until SIGINT.
 		deadline := time.Now().Add(60 * time.Second)
-		for !strings.Contains(out.String(), "ready") && time.Now().Before(deadline) {
+		for !strings.Contains(out.String(), "}") && time.Now().Before(deadline) {
 			select {
 			case <-p.Done():
-				t.Fatalf("sessions open exited: %v: %s", p.Err(), out.String())
+				t.Fatalf("benchpeer idle exited: %v: %s", p.Err(), out.String())
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
-		var opened, failed int
-		var secs float64
-		if _, err := fmt.Sscanf(out.String()[strings.Index(out.String(), "ready"):], "ready %d %d %f", &opened, &failed, &secs); err != nil {
-			t.Fatalf("sessions open: %q", out.String())
+		var ir struct {
+			Ready   int     `json:"ready"`
+			Failed  int     `json:"failed"`
+			Seconds float64 `json:"seconds"`
 		}
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out.String())), &ir); err != nil {
+			t.Fatalf("benchpeer idle: %q: %v", out.String(), err)
+		}
+		opened, failed, secs := ir.Ready, ir.Failed, ir.Seconds
 		rssOpen, _ := vmRSS(d.Proc.PID())
 		t.Logf("%d sessions opened (%d failed) in %.2fs; ftpalg VmRSS %d KiB before, %d KiB with them open", opened, failed, secs, rss0, rssOpen)
 		if opened < 9900 {

@@ -97,8 +97,8 @@ func BenchmarkHandle(b *testing.B) {
 			b.StopTimer()
 			p := queue.Packet{ID: 1, Payload: tcpPacket(b, client, server, bw.cseq, bw.sseq, false, false, cmd)}
 			bw.cseq += uint32(len(cmd))
-			bw.k.expects = bw.k.expects[:0]       // the kernel keeps one per master; the fake keeps all
-			bw.now = bw.now.Add(time.Millisecond) // stay under the per-session pinhole rate
+			bw.k.expects = bw.k.expects[:0]            // the kernel keeps one per master; the fake keeps all
+			bw.now = bw.now.Add(10 * time.Millisecond) // stay under the per-session pinhole rate
 			b.StartTimer()
 			bw.w.handle(p, bw.now)
 		}
@@ -114,7 +114,7 @@ func BenchmarkHandle(b *testing.B) {
 			p := queue.Packet{ID: 1, Payload: tcpPacket(b, server, client, bw.sseq, bw.cseq, false, false, reply)}
 			bw.sseq += uint32(len(reply))
 			bw.k.expects = bw.k.expects[:0]
-			bw.now = bw.now.Add(time.Millisecond) // stay under the per-session pinhole rate
+			bw.now = bw.now.Add(10 * time.Millisecond) // stay under the per-session pinhole rate
 			b.StartTimer()
 			bw.w.handle(p, bw.now)
 		}

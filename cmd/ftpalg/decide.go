@@ -69,12 +69,12 @@ func inRange(sp alg.Span, first, end uint32) bool {
 // tryOpen opens the pinhole for an accepted endpoint unless the session is over its rate; it
 // reports whether a pinhole was opened.
 func (w *worker) tryOpen(s *session, d *alg.Decision, first, end uint32, now time.Time) bool {
-	if !s.pinRate.allow(now, maxPinholeRate) {
+	if !s.pinRate.take(now, maxPinholeRate, maxPinholeBurst) {
 		// A client announcing endpoints faster than any transfer could use them.
 		w.m.rejections.WithLabelValues("rate_limit").Inc()
 		if s.rejLog.allow(now, maxRejectLogs) {
 			w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "rate_limit"),
-				slog.Int("limit_per_second", maxPinholeRate), slog.Int("suppressed", s.rejLog.takeDropped()))
+				slog.Int("burst", maxPinholeBurst), slog.Int("per_second", maxPinholeRate), slog.Int("suppressed", s.rejLog.takeDropped()))
 		}
 		return false
 	}

@@ -104,3 +104,25 @@ func (g *gate) takeDropped() int {
 	g.dropped = 0
 	return int(n)
 }
+
+// bucket is a token bucket: up to burst events at once, then rate per second. Pinholes use it:
+// a fast client's back-to-back transfers pass, a flood is held to the steady rate.
+type bucket struct {
+	last   int64 // unix nanoseconds of the last refill; 0: full
+	tokens float64
+}
+
+func (b *bucket) take(now time.Time, rate, burst float64) bool {
+	t := now.UnixNano()
+	if b.last == 0 {
+		b.tokens = burst
+	} else if t > b.last {
+		b.tokens = min(burst, b.tokens+float64(t-b.last)*rate/1e9)
+	}
+	b.last = t
+	if b.tokens >= 1 {
+		b.tokens--
+		return true
+	}
+	return false
+}

@@ -38,7 +38,8 @@ const (
 	maxSessions     = 1 << 17                // per worker
 	maxPerClient    = 256                    // sessions per client address, per worker
 	maxPortTries    = 16                     // other ports tried when an expectation collides
-	maxPinholeRate  = 2000                   // pinholes a session may open per second
+	maxPinholeBurst = 2000                   // pinholes a session may open back to back
+	maxPinholeRate  = 200                    // then per second
 	maxRejectLogs   = 10                     // rejected lines a session may log per second
 	maxPacket       = 65535
 	defaultMaxLen   = 1500
@@ -83,10 +84,10 @@ type session struct {
 	held     [2]*held
 
 	closeLogged bool
-	uncounted   bool // no longer counted in perClient
-	pinRate     gate // pinholes opened per second
-	rejLog      gate // rejected events logged per second (all are counted)
-	persisted   bool // a state file exists for this session
+	uncounted   bool   // no longer counted in perClient
+	pinRate     bucket // pinholes opened
+	rejLog      gate   // rejected events logged per second (all are counted)
+	persisted   bool   // a state file exists for this session
 	rewrites    int
 	pinholes    int
 }

@@ -672,21 +672,25 @@ func TestPinholeRateIsLimitedPerSession(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake()
 	h.fromServer("220 ready\r\n")
-	for i := 0; i < maxPinholeRate+50; i++ {
+	for i := 0; i < maxPinholeBurst+50; i++ {
 		h.fromClient("PORT 192,0,2,10,4,1\r\n")
 		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server}}, h.now) // as when used
 	}
-	if got := testutilCount(t, h.w.m.pinholesOpened); got != maxPinholeRate {
-		t.Errorf("%v pinholes opened in one second, want %d", got, maxPinholeRate)
+	if got := testutilCount(t, h.w.m.pinholesOpened); got != maxPinholeBurst {
+		t.Errorf("%v pinholes opened back to back, want the burst %d", got, maxPinholeBurst)
 	}
 	if got := testutilCount(t, h.w.m.rejections.WithLabelValues("rate_limit")); got != 50 {
 		t.Errorf("%v rate_limit rejections, want 50", got)
 	}
+	// A second later the bucket has refilled by the rate.
 	h.now = h.now.Add(time.Second)
 	before := testutilCount(t, h.w.m.pinholesOpened)
-	h.fromClient("PORT 192,0,2,10,4,1\r\n")
-	if testutilCount(t, h.w.m.pinholesOpened) != before+1 {
-		t.Error("no pinhole in the next second")
+	for i := 0; i < maxPinholeRate+10; i++ {
+		h.fromClient("PORT 192,0,2,10,4,1\r\n")
+		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server}}, h.now)
+	}
+	if got := testutilCount(t, h.w.m.pinholesOpened) - before; got != maxPinholeRate {
+		t.Errorf("%v pinholes in the next second, want %d", got, maxPinholeRate)
 	}
 }
 

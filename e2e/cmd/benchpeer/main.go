@@ -39,7 +39,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchpeer serve|rtt|sessions|pinhole|bulk|idle [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchpeer serve|rtt|sessions|pinhole|bulk|idle|flood [flags]")
 		os.Exit(2)
 	}
 	raiseNoFile()
@@ -49,6 +49,7 @@ func main() {
 		"pinhole":  cmdPinhole,
 		"bulk":     cmdBulk,
 		"idle":     cmdIdle,
+		"flood":    cmdFlood,
 	}
 	if os.Args[1] == "serve" {
 		if err := serve(os.Args[2:]); err != nil {
@@ -810,4 +811,70 @@ func cmdIdle(args []string) (any, error) {
 	}
 	os.Exit(0)
 	return nil, nil
+}
+
+// FloodResult is what flood prints.
+type FloodResult struct {
+	Sent    int     `json:"sent"`
+	Replies int64   `json:"replies"`
+	Seconds float64 `json:"seconds"`
+}
+
+// cmdFlood sends PORT commands naming the client's own address at -rate per second for
+// -duration on one control connection (no login: the server answers each one) and counts the
+// replies: the reliability tests' hostile client.
+func cmdFlood(args []string) (any, error) {
+	fs := flag.NewFlagSet("flood", flag.ExitOnError)
+	server := fs.String("server", "", "server addr:port")
+	rate := fs.Int("rate", 10000, "PORT commands per second")
+	dur := fs.Duration("duration", 3*time.Second, "how long")
+	_ = fs.Parse(args)
+	k, err := dialCtl(*server, netip.Addr{})
+	if err != nil {
+		return nil, err
+	}
+	defer k.c.Close()
+	if !k.local.Is4() {
+		return nil, fmt.Errorf("flood needs IPv4 (PORT), got %s", k.local)
+	}
+	var replies atomic.Int64
+	go func() {
+		for {
+			if _, err := k.r.ReadString('\n'); err != nil {
+				return
+			}
+			replies.Add(1)
+		}
+	}()
+	// Batches every millisecond keep the rate without a system call per command.
+	const tick = time.Millisecond
+	perTick := max(*rate/1000, 1)
+	start := time.Now()
+	sent, port := 0, 1024
+	var buf []byte
+	for time.Since(start) < *dur {
+		want := int(time.Since(start)/tick+1) * perTick
+		buf = buf[:0]
+		for sent < want {
+			buf = append(buf, "PORT "...)
+			buf = append(buf, portArg(netip.AddrPortFrom(k.local, uint16(port)))...)
+			buf = append(buf, "\r\n"...)
+			sent++
+			if port++; port > 65535 {
+				port = 1024
+			}
+		}
+		if len(buf) > 0 {
+			_ = k.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := k.c.Write(buf); err != nil {
+				return nil, fmt.Errorf("after %d commands: %w", sent, err)
+			}
+		}
+		time.Sleep(tick)
+	}
+	elapsed := time.Since(start)
+	for deadline := time.Now().Add(5 * time.Second); replies.Load() < int64(sent) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return FloodResult{Sent: sent, Replies: replies.Load(), Seconds: elapsed.Seconds()}, nil
 }
