@@ -27,7 +27,9 @@ type daemon struct {
 }
 
 func newDaemon(cfg *config, log *slog.Logger) (*daemon, error) {
-	return &daemon{cfg: cfg, log: log, m: newMetrics()}, nil
+	d := &daemon{cfg: cfg, log: log, m: newMetrics()}
+	d.m.reg.MustRegister(newQueueCollector(cfg.Queue, cfg.Queues))
+	return d, nil
 }
 
 // Run installs the ruleset, serves the queues until ctx ends, then shuts down in order: remove

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/conntrack/queue"
 )
 
 func TestMetricsAndHealth(t *testing.T) {
@@ -90,4 +91,24 @@ func TestEventRouting(t *testing.T) {
 func testutilCount(t *testing.T, c prometheus.Counter) float64 {
 	t.Helper()
 	return testutil.ToFloat64(c)
+}
+
+func TestQueueCollector(t *testing.T) {
+	c := newQueueCollector(10, 2)
+	c.read = func() (map[uint16]queue.Stats, error) {
+		return map[uint16]queue.Stats{10: {Backlog: 3, Dropped: 7, UserDropped: 1}, 12: {Dropped: 99}}, nil
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	want := `
+# HELP ftpalg_queue_kernel_dropped_total Control packets the kernel dropped because the queue was full (without --fail-open).
+# TYPE ftpalg_queue_kernel_dropped_total counter
+ftpalg_queue_kernel_dropped_total{queue="10"} 7
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), mQueueDropped); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, mQueueBacklog); err != nil || n != 1 {
+		t.Errorf("backlog series = %d, %v; want 1 (queue 11 unbound, 12 not ours)", n, err)
+	}
 }

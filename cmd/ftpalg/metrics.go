@@ -1,8 +1,12 @@
 package main
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ftpalg/ftpalg/conntrack/queue"
 )
 
 // Metric names, kept as constants that tests reference. Labels take bounded values only.
@@ -21,6 +25,9 @@ const (
 	mQueueErrors     = "ftpalg_queue_errors_total"
 	mKernelErrors    = "ftpalg_kernel_errors_total"
 	mPacketSeconds   = "ftpalg_packet_duration_seconds"
+	mQueueBacklog    = "ftpalg_queue_backlog"
+	mQueueDropped    = "ftpalg_queue_kernel_dropped_total"
+	mQueueUserDrop   = "ftpalg_queue_socket_dropped_total"
 )
 
 // Packet verdict labels.
@@ -83,4 +90,50 @@ func newMetrics() *metrics {
 	m.pHold = m.packets.WithLabelValues(vHold)
 	m.pBypass = m.packets.WithLabelValues(vBypass)
 	return m
+}
+
+// queueCollector reads the kernel's counters of ftpalg's queues at scrape time: packets
+// waiting for a verdict, dropped because the queue was full (fail-closed; with --fail-open
+// the kernel accepts them uninspected and counts nothing), dropped because ftpalg's socket
+// buffer was full.
+type queueCollector struct {
+	first, n uint16
+	read     func() (map[uint16]queue.Stats, error)
+	backlog  *prometheus.Desc
+	dropped  *prometheus.Desc
+	userDrop *prometheus.Desc
+}
+
+func newQueueCollector(first, n uint16) *queueCollector {
+	l := []string{"queue"}
+	return &queueCollector{
+		first: first, n: n, read: queue.ReadStats,
+		backlog:  prometheus.NewDesc(mQueueBacklog, "Control packets waiting in the kernel queue for a verdict.", l, nil),
+		dropped:  prometheus.NewDesc(mQueueDropped, "Control packets the kernel dropped because the queue was full (without --fail-open).", l, nil),
+		userDrop: prometheus.NewDesc(mQueueUserDrop, "Control packets the kernel dropped because ftpalg's socket buffer was full.", l, nil),
+	}
+}
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.backlog
+	ch <- c.dropped
+	ch <- c.userDrop
+}
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	stats, err := c.read()
+	if err != nil {
+		return
+	}
+	for i := uint16(0); i < c.n; i++ {
+		q := c.first + i
+		st, ok := stats[q]
+		if !ok {
+			continue
+		}
+		l := strconv.Itoa(int(q))
+		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(st.Backlog), l)
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Dropped), l)
+		ch <- prometheus.MustNewConstMetric(c.userDrop, prometheus.CounterValue, float64(st.UserDropped), l)
+	}
 }

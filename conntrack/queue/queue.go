@@ -26,6 +26,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
@@ -295,4 +298,53 @@ func (q *Queue) Close() error {
 		return fmt.Errorf("close queue %d: %w", q.cfg.Num, err)
 	}
 	return nil
+}
+
+// Stats are the kernel's counters of one queue, from /proc/net/netfilter/nfnetlink_queue
+// (per network namespace): the packets waiting for a verdict now, those dropped because the
+// queue was full (without FailOpen; with it they are accepted uninspected and not counted
+// anywhere), and those dropped because the socket's receive buffer was full.
+type Stats struct {
+	Backlog     uint64
+	Dropped     uint64
+	UserDropped uint64
+}
+
+const procQueues = "/proc/net/netfilter/nfnetlink_queue"
+
+// ReadStats returns the counters of every bound queue of the current network namespace.
+func ReadStats() (map[uint16]Stats, error) {
+	b, err := os.ReadFile(procQueues)
+	if err != nil {
+		return nil, fmt.Errorf("queue stats: %w", err)
+	}
+	return parseStats(b)
+}
+
+// parseStats reads the lines "queue portid backlog copy_mode copy_range dropped user_dropped
+// id_sequence 1".
+func parseStats(b []byte) (map[uint16]Stats, error) {
+	out := make(map[uint16]Stats)
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) < 7 {
+			return nil, fmt.Errorf("queue stats: short line %q", line)
+		}
+		var v [7]uint64
+		for i := range v {
+			n, err := strconv.ParseUint(f[i], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("queue stats: line %q: %w", line, err)
+			}
+			v[i] = n
+		}
+		if v[0] > 65535 {
+			return nil, fmt.Errorf("queue stats: queue %d", v[0])
+		}
+		out[uint16(v[0])] = Stats{Backlog: v[2], Dropped: v[5], UserDropped: v[6]}
+	}
+	return out, nil
 }

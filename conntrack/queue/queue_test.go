@@ -42,3 +42,22 @@ func TestPacketOfAllocs(t *testing.T) {
 	}
 	_ = sink
 }
+
+func TestParseStats(t *testing.T) {
+	got, err := parseStats([]byte("   33 3720769394     5 2 65531     7     2        91  1\n   34 2617686513     0 2 65531     0     0        0  1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint16]Stats{33: {Backlog: 5, Dropped: 7, UserDropped: 2}, 34: {}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	for _, bad := range []string{"33 1 2", "x 1 2 3 4 5 6 7 1", "70000 1 0 2 65531 0 0 0 1"} {
+		if _, err := parseStats([]byte(bad)); err == nil {
+			t.Errorf("parseStats(%q) succeeded", bad)
+		}
+	}
+	if m, err := parseStats(nil); err != nil || len(m) != 0 {
+		t.Errorf("empty file: %v %v", m, err)
+	}
+}
