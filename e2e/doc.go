@@ -65,7 +65,20 @@
 //   - TestAdversarial: raw TCP control traffic: a PORT split over two segments, pipelined
 //     commands in one segment, a bounce PORT to the third party (to a server that would do
 //     FXP), a low port, a fake 227 in a banner and in a continuation line, and a pinhole used
-//     after --pinhole-timeout.
+//     after --pinhole-timeout. TestKernelHelperSplitPort shows the kernel helper wedging on
+//     the split PORT.
+//   - TestHostile: hostile clients and servers (bounces in PORT/EPRT, mapped and link-local
+//     addresses, wrong families, out-of-range numbers, unsolicited and disguised 227/229,
+//     plaintext after AUTH TLS): no pinhole, a rejected event, the session unharmed.
+//   - TestRestart, TestFailOpenClosed: kill -9 and SIGTERM mid-session after a rewrite (the
+//     next run takes the saved sequence deltas over), fail-open and fail-closed while ftpalg
+//     is down.
+//   - TestFaults: conntrack -F, RST after a rewrite, commands split and dribbled one byte per
+//     segment, a line that never ends. TestImpairedPath: loss, duplicates and reordering on
+//     both endpoints (e2e/cmd/impair, an NFQUEUE program: the kernel has no netem) while
+//     every PORT/EPRT is rewritten.
+//   - TestFloods: 10,000 PORT commands a second from one client, 10,000 concurrent sessions.
+//     TestQueueOverflow: a stalled fail-closed ftpalg under 6,000 new sessions.
 //
 // The tests need root (they skip otherwise, saying why) and vsftpd, curl, lftp, nft, ip
 // (.ci/deps installs them; under CI=true a missing tool fails the test). TestMain builds
