@@ -79,6 +79,8 @@
 //     every PORT/EPRT is rewritten.
 //   - TestFloods: 10,000 PORT commands a second from one client, 10,000 concurrent sessions.
 //     TestQueueOverflow: a stalled fail-closed ftpalg under 6,000 new sessions.
+//   - TestQueuesBalanced: --queues 2, sixteen clients: both workers own sessions, each sees
+//     both directions of its own (rewritten PORT downloads intact).
 //
 // The tests need root (they skip otherwise, saying why) and vsftpd, curl, lftp, nft, ip
 // (.ci/deps installs them; under CI=true a missing tool fails the test). TestMain builds
