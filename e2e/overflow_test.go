@@ -31,14 +31,7 @@ func TestQueueOverflow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvOut := &lab.SyncBuffer{}
-	fake := netip.AddrPortFrom(x.OutsideClient, 21)
-	if _, err := l.Start(lab.OutsideClient, srvOut, srvOut, bin, "serve", "-listen", fake.String()); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitListen(l, fake); err != nil {
-		t.Fatalf("benchpeer serve: %v (%s)", err, srvOut.String())
-	}
+	fake := startBenchpeerServe(t, l, bin, netip.AddrPortFrom(x.OutsideClient, 21))
 	// 32 client addresses: under ftpalg's per-client session limit.
 	var srcs, adds []string
 	for i := 0; i < 32; i++ {

@@ -794,6 +794,20 @@ var (
 	benchpeerErr  error
 )
 
+// startBenchpeerServe runs benchpeer's cheap FTP server (220, then an answer to every command)
+// on ap in the outside client's namespace and waits until it listens.
+func startBenchpeerServe(t *testing.T, l *lab.Lab, bin string, ap netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	out := &lab.SyncBuffer{}
+	if _, err := l.Start(lab.OutsideClient, out, out, bin, "serve", "-listen", ap.String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitListen(l, ap); err != nil {
+		t.Fatalf("benchpeer serve: %v (%s)", err, out.String())
+	}
+	return ap
+}
+
 // requireBenchpeer builds e2e/cmd/benchpeer once (TestMain builds only ftpalg and ftppeer): its
 // cheap FTP server (serve), idle session holder (idle) and PORT flood (flood).
 func requireBenchpeer(t *testing.T) string {
@@ -871,14 +885,7 @@ func TestFloods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvOut := &lab.SyncBuffer{}
-	if _, err := l.Start(lab.OutsideClient, srvOut, srvOut, bin, "serve", "-listen", netip.AddrPortFrom(x.OutsideClient, 21).String()); err != nil {
-		t.Fatal(err)
-	}
-	fake := netip.AddrPortFrom(x.OutsideClient, 21)
-	if err := waitListen(l, fake); err != nil {
-		t.Fatalf("benchpeer serve: %v (%s)", err, srvOut.String())
-	}
+	fake := startBenchpeerServe(t, l, bin, netip.AddrPortFrom(x.OutsideClient, 21))
 	// transfer runs normal curl downloads and uploads through ftpalg, in both rewriting and
 	// passive modes.
 	transfer := func(t *testing.T) {
