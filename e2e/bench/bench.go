@@ -508,7 +508,12 @@ func (e *env) startFtpalg(ctx context.Context) error {
 	}
 	args := append(lab.DefaultFtpalgArgs(), "--metrics-listen", metricsAddr)
 	stderr := &lab.SyncBuffer{}
-	p, err := e.l.Start(lab.Router, f, stderr, e.opt.Ftpalg, args...)
+	name, argv, err := e.l.FtpalgCommand(e.opt.Ftpalg, args)
+	if err != nil {
+		f.Close()
+		return err
+	}
+	p, err := e.l.Start(lab.Router, f, stderr, name, argv...)
 	if err != nil {
 		f.Close()
 		return err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -77,7 +78,11 @@ func (l *Lab) StartFtpalg(ctx context.Context, bin string, args []string) (*Daem
 	}
 	d := &Daemon{Args: args, Stderr: &SyncBuffer{}, lab: l, notify: make(chan struct{})}
 	pr, pw := io.Pipe()
-	p, err := l.Start(Router, pw, d.Stderr, bin, args...)
+	name, argv, err := l.FtpalgCommand(bin, args)
+	if err != nil {
+		return nil, err
+	}
+	p, err := l.Start(Router, pw, d.Stderr, name, argv...)
 	if err != nil {
 		return nil, err
 	}
@@ -88,6 +93,23 @@ func (l *Lab) StartFtpalg(ctx context.Context, bin string, args []string) (*Daem
 		pw.Close()
 	}()
 	return d, d.afterStart(ctx)
+}
+
+// FtpalgCommand returns the command line that runs ftpalg in this lab: the binary with args,
+// its RUNTIME_DIRECTORY (restart state) set to a directory of the lab's own, the same for every
+// run in the lab (a restarted ftpalg takes the sessions over) and removed by Close, so that
+// nothing is left under the host's /run/ftpalg.
+func (l *Lab) FtpalgCommand(bin string, args []string) (string, []string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stateDir == "" {
+		dir, err := os.MkdirTemp("", "ftpalg-state-")
+		if err != nil {
+			return "", nil, err
+		}
+		l.stateDir = dir
+	}
+	return "env", append([]string{"RUNTIME_DIRECTORY=" + l.stateDir, bin}, args...), nil
 }
 
 func (d *Daemon) afterStart(ctx context.Context) error {

@@ -144,10 +144,11 @@ type Lab struct {
 	cfg   Config
 	ns    map[Role]string
 
-	mu      sync.Mutex
-	procs   []*Proc
-	created []string
-	closed  bool
+	mu       sync.Mutex
+	procs    []*Proc
+	created  []string
+	closed   bool
+	stateDir string // ftpalg's RUNTIME_DIRECTORY, see FtpalgCommand
 }
 
 var labSeq atomic.Int32
@@ -562,6 +563,11 @@ func (l *Lab) Close() error {
 	}
 	wg.Wait()
 	var errs []error
+	if l.stateDir != "" {
+		if err := os.RemoveAll(l.stateDir); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	var dels []string
 	for _, n := range created {
 		if _, err := os.Stat("/run/netns/" + n); err == nil {
