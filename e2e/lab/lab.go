@@ -160,6 +160,7 @@ func New(ctx context.Context, cfg Config) (*Lab, error) {
 		cfg.Addrs = Grow()
 	}
 	l := &Lab{Addrs: cfg.Addrs, cfg: cfg, ns: map[Role]string{}}
+	sweepOnce.Do(sweepStale)
 	// PID-suffixed names: parallel test processes and parallel labs never collide.
 	id := fmt.Sprintf("fe2e-%d-%d", os.Getpid(), labSeq.Add(1))
 	for _, r := range roles {
@@ -170,6 +171,33 @@ func New(ctx context.Context, cfg Config) (*Lab, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+var sweepOnce sync.Once
+
+// sweepStale deletes the namespaces of labs whose process died without closing them (a
+// SIGKILL, or go test's timeout panic, which runs no cleanup): named fe2e-<pid>-..., that
+// process gone, and no process left inside. It ends no process.
+func sweepStale() {
+	ents, err := os.ReadDir("/run/netns")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		f := strings.SplitN(e.Name(), "-", 3)
+		if len(f) != 3 || f[0] != "fe2e" {
+			continue
+		}
+		pid, err := strconv.Atoi(f[1])
+		if err != nil || pid == os.Getpid() || syscall.Kill(pid, 0) == nil || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			continue // not ours to judge, or its process lives
+		}
+		out, err := exec.Command("ip", "netns", "pids", e.Name()).Output()
+		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+			continue
+		}
+		exec.Command("ip", "netns", "del", e.Name()).Run()
+	}
 }
 
 // NS returns the namespace name of a role.

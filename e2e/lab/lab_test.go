@@ -1,7 +1,10 @@
 package lab
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -100,5 +103,31 @@ func TestRuleset(t *testing.T) {
 				t.Errorf("helper rule present = %v, want %v", got, tc.wantHelper)
 			}
 		})
+	}
+}
+
+func TestSweepStale(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	// A process that has exited: its lab's namespaces are stale.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("fe2e-%d-1-client", dead.Process.Pid)
+	live := fmt.Sprintf("fe2e-%d-1-client", os.Getppid()) // go test's own parent lives
+	for _, n := range []string{stale, live} {
+		if out, err := exec.Command("ip", "netns", "add", n).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", n, err, out)
+		}
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", n).Run() })
+	}
+	sweepStale()
+	if _, err := os.Stat("/run/netns/" + stale); err == nil {
+		t.Errorf("%s (its process gone) was not swept", stale)
+	}
+	if _, err := os.Stat("/run/netns/" + live); err != nil {
+		t.Errorf("%s (its process alive) was swept", live)
 	}
 }
