@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -119,8 +118,10 @@ func newLab(t *testing.T, cfg lab.Config) *lab.Lab {
 	return l
 }
 
-// startFtpalg runs the daemon in the lab's router and stops it at cleanup, checking the
-// shutdown contract (exit 0, table inet ftpalg removed).
+// startFtpalg runs the daemon in the lab's router (lab.StartFtpalg waits for its ready
+// event) and stops it at cleanup, checking the shutdown contract (exit 0, table inet ftpalg
+// removed). A daemon the test already ended (Stop, or kill -9 in the reliability tests) was
+// judged by that test and is left alone.
 func startFtpalg(t *testing.T, l *lab.Lab, args []string) *lab.Daemon {
 	t.Helper()
 	requireFtpalg(t)
@@ -131,12 +132,15 @@ func startFtpalg(t *testing.T, l *lab.Lab, args []string) *lab.Daemon {
 		t.Fatalf("start ftpalg: %v", err)
 	}
 	t.Cleanup(func() {
-		// Stop is idempotent: a test that stopped the daemon itself gets the same verdict.
-		if err := d.Stop(); err != nil {
-			t.Errorf("ftpalg shutdown: %v", err)
+		select {
+		case <-d.Proc.Done():
+		default:
+			if err := d.Stop(); err != nil {
+				t.Errorf("ftpalg shutdown: %v", err)
+			}
 		}
 		if t.Failed() {
-			t.Logf("ftpalg stdout:\n%s\nftpalg stderr:\n%s", strings.Join(d.Lines(), "\n"), d.Stderr.String())
+			t.Logf("ftpalg %v stdout (last 60 lines):\n%s\nstderr:\n%s", d.Args, lastLines(d.Lines(), 60), d.Stderr.String())
 		}
 	})
 	return d

@@ -83,7 +83,7 @@ func TestHostile(t *testing.T) {
 	requireFtpalg(t)
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
-	d := startDaemon(t, l, nil)
+	d := startFtpalg(t, l, nil)
 
 	dataPort := uint16(30000) // 117,48
 	fake227 := fmt.Sprintf("227 Entering Passive Mode (%s)", portArg(netip.AddrPortFrom(x.OutsideClient, dataPort)))

@@ -35,7 +35,7 @@ func TestImpairedPath(t *testing.T) {
 	}
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
-	d := startDaemon(t, l, nil)
+	d := startFtpalg(t, l, nil)
 	vs, err := l.StartVsftpd(ctxT(t, 30*time.Second), lab.OutsideServer, x.OutsideServer, t.TempDir(), lab.VsftpdOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -26,7 +26,7 @@ func TestQueueOverflow(t *testing.T) {
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
 	const metricsAddr = "127.0.0.1:9122"
-	d := startDaemon(t, l, withArgs("--fail-open=false", "--metrics-listen", metricsAddr))
+	d := startFtpalg(t, l, withArgs("--fail-open=false", "--metrics-listen", metricsAddr))
 	vs, err := l.StartVsftpd(ctxT(t, 30*time.Second), lab.OutsideServer, x.OutsideServer, t.TempDir(), lab.VsftpdOptions{})
 	if err != nil {
 		t.Fatal(err)

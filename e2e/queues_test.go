@@ -21,7 +21,7 @@ func TestQueuesBalanced(t *testing.T) {
 	requireFtpalg(t)
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
-	d := startDaemon(t, l, withArgs("--queues", "2"))
+	d := startFtpalg(t, l, withArgs("--queues", "2"))
 	vs, err := l.StartVsftpd(ctxT(t, 30*time.Second), lab.OutsideServer, x.OutsideServer, t.TempDir(), lab.VsftpdOptions{})
 	if err != nil {
 		t.Fatal(err)

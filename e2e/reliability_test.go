@@ -168,39 +168,6 @@ func (c *ctl) noop(d time.Duration) error {
 	return err
 }
 
-// startDaemon runs ftpalg like startFtpalg but tolerates a test that killed it (kill -9 is
-// part of these tests): the cleanup checks the shutdown contract only for a daemon still
-// running, and removes a table a killed daemon left.
-func startDaemon(t *testing.T, l *lab.Lab, args []string) *lab.Daemon {
-	t.Helper()
-	requireFtpalg(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	d, err := l.StartFtpalg(ctx, ftpalgBin, args)
-	if err != nil {
-		t.Fatalf("start ftpalg: %v", err)
-	}
-	t.Cleanup(func() {
-		select {
-		case <-d.Proc.Done():
-		default:
-			if err := d.Stop(); err != nil {
-				t.Errorf("ftpalg shutdown: %v", err)
-			}
-		}
-		if t.Failed() {
-			t.Logf("ftpalg %v stdout (last 60 lines):\n%s\nstderr:\n%s", d.Args, lastLines(d.Lines(), 60), d.Stderr.String())
-		}
-	})
-	// lab.StartFtpalg also takes an existing table inet ftpalg for readiness, and after a
-	// kill -9 the stale one is there before the new run has even bound its queue: wait for
-	// the ready line itself.
-	if _, err := d.WaitFor(ctx, 0, 1, "ready", nil); err != nil {
-		t.Fatalf("ftpalg not ready: %v", err)
-	}
-	return d
-}
-
 func lastLines(ls []string, n int) string {
 	if len(ls) > n {
 		ls = ls[len(ls)-n:]
@@ -257,7 +224,7 @@ func TestRestart(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := withArgs("--fail-open=" + strconv.FormatBool(tc.failOpen))
-			d := startDaemon(t, l, args)
+			d := startFtpalg(t, l, args)
 			c := openCtl(t, l, lab.Client, x.Client, vs, vs.Addr)
 			mark := d.Mark()
 			if err := c.retr(lab.PORT); err != nil {
@@ -291,7 +258,7 @@ func TestRestart(t *testing.T) {
 				}
 			}
 			start := time.Now()
-			d2 := startDaemon(t, l, args)
+			d2 := startFtpalg(t, l, args)
 			t.Logf("restarted in %v", time.Since(start).Round(time.Millisecond))
 			if pending != nil {
 				if err := <-pending; err != nil {
@@ -318,7 +285,7 @@ func TestRestart(t *testing.T) {
 			if err := d2.Stop(); err != nil {
 				t.Fatalf("SIGTERM: %v", err)
 			}
-			d3 := startDaemon(t, l, args)
+			d3 := startFtpalg(t, l, args)
 			if err := c.noop(10 * time.Second); err != nil {
 				t.Fatalf("control connection after a clean restart: %v", err)
 			}
@@ -368,7 +335,7 @@ func TestFailOpenClosed(t *testing.T) {
 	}
 
 	t.Run("fail-open/ipv6-session-goes-on", func(t *testing.T) {
-		d := startDaemon(t, l, withArgs("--fail-open=true"))
+		d := startFtpalg(t, l, withArgs("--fail-open=true"))
 		c := openCtl(t, l, lab.Client, x.Client6, vs6, vs6.Addr)
 		if err := c.retr(lab.EPRT); err != nil {
 			t.Fatalf("EPRT before the kill: %v", err)
@@ -389,7 +356,7 @@ func TestFailOpenClosed(t *testing.T) {
 		if err := c2.noop(3 * time.Second); err != nil {
 			t.Errorf("new session with ftpalg down: %v", err)
 		}
-		d2 := startDaemon(t, l, withArgs("--fail-open=true"))
+		d2 := startFtpalg(t, l, withArgs("--fail-open=true"))
 		if err := c.noop(5 * time.Second); err != nil {
 			t.Errorf("after restart: %v", err)
 		}
@@ -405,7 +372,7 @@ func TestFailOpenClosed(t *testing.T) {
 
 	t.Run("fail-closed/control-waits-and-resumes", func(t *testing.T) {
 		args := withArgs("--fail-open=false")
-		d := startDaemon(t, l, args)
+		d := startFtpalg(t, l, args)
 		c := openCtl(t, l, lab.Client, x.Client, vs4, vs4.Addr)
 		if err := c.retr(lab.PASV); err != nil {
 			t.Fatalf("PASV before the kill: %v", err)
@@ -423,7 +390,7 @@ func TestFailOpenClosed(t *testing.T) {
 			t.Fatalf("fail-closed with ftpalg down: got %d %q %v, want no reply (control packets dropped)", code, text, err)
 		}
 		start := time.Now()
-		d2 := startDaemon(t, l, args)
+		d2 := startFtpalg(t, l, args)
 		code, text, err = c.replyWithin(15 * time.Second)
 		if err != nil || code != 200 {
 			t.Fatalf("NOOP sent while ftpalg was down: %d %q %v, want 200 after the restart", code, text, err)
@@ -507,7 +474,7 @@ func TestFaults(t *testing.T) {
 	requireFtpalg(t)
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
-	d := startDaemon(t, l, nil)
+	d := startFtpalg(t, l, nil)
 	vs, err := l.StartVsftpd(ctxT(t, 30*time.Second), lab.OutsideServer, x.OutsideServer, t.TempDir(), lab.VsftpdOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -880,7 +847,7 @@ func TestFloods(t *testing.T) {
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
 	const metricsAddr = "127.0.0.1:9121"
-	d := startDaemon(t, l, withArgs("--metrics-listen", metricsAddr))
+	d := startFtpalg(t, l, withArgs("--metrics-listen", metricsAddr))
 	vs, err := l.StartVsftpd(ctxT(t, 30*time.Second), lab.OutsideServer, x.OutsideServer, t.TempDir(), lab.VsftpdOptions{})
 	if err != nil {
 		t.Fatal(err)

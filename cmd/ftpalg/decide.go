@@ -49,7 +49,7 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 	case alg.ActNote:
 		reason := d.Reason.String()
 		w.m.notes.WithLabelValues(reason).Inc()
-		if w.warn.allow(now) {
+		if w.warn.allow(now, maxWarnLogs) {
 			w.logEvent(evNote, s.key, slog.String("reason", reason), slog.String("dir", dirName(d.Dir)))
 		}
 	}

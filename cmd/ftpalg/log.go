@@ -56,30 +56,9 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// limiter lets through at most burst events per interval: per-packet warnings use it so that a
-// flood cannot turn into a log flood. Not safe for concurrent use (one per worker).
-type limiter struct {
-	interval time.Duration
-	burst    int
-	start    time.Time
-	n        int
-	dropped  int
-}
-
-func (l *limiter) allow(now time.Time) bool {
-	if now.Sub(l.start) >= l.interval {
-		l.start, l.n = now, 0
-	}
-	if l.n < l.burst {
-		l.n++
-		return true
-	}
-	l.dropped++
-	return false
-}
-
-// gate admits at most limit events per calendar second: a compact per-session rate limit
-// (16 bytes) for what a single control connection may cost in pinholes and log lines.
+// gate admits at most limit events per calendar second: per-packet warnings of a worker and
+// each session's rejected lines go through one, so that a flood cannot turn into a log flood
+// (16 bytes, so every session can have its own).
 type gate struct {
 	sec     int64
 	n       uint32

@@ -41,6 +41,7 @@ const (
 	maxPinholeBurst = 2000                   // pinholes a session may open back to back
 	maxPinholeRate  = 200                    // then per second
 	maxRejectLogs   = 10                     // rejected lines a session may log per second
+	maxWarnLogs     = 10                     // warnings and notes a worker may log per second
 	maxPacket       = 65535
 	defaultMaxLen   = 1500
 	mtuCacheRefresh = time.Minute
@@ -138,7 +139,7 @@ type worker struct {
 	joined []byte
 	mtus   map[uint32]int
 	mtuAt  time.Time
-	warn   limiter // per-packet warnings and notes
+	warn   gate // per-packet warnings and notes, maxWarnLogs a second
 }
 
 func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *slog.Logger, m *metrics) *worker {
@@ -166,7 +167,6 @@ func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *
 		out:       make([]byte, 0, maxPacket),
 		joined:    make([]byte, 0, maxPacket),
 		mtus:      make(map[uint32]int),
-		warn:      limiter{interval: time.Second, burst: 10},
 	}
 }
 
@@ -526,7 +526,7 @@ func (w *worker) releaseHeld(now time.Time, all bool) {
 func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 	if len(w.sessions) >= maxSessions || w.perClient[key.client.Addr()] >= maxPerClient {
 		w.m.rejections.WithLabelValues("session_limit").Inc()
-		if w.warn.allow(now) {
+		if w.warn.allow(now, maxWarnLogs) {
 			w.logEvent(evRejected, key, slog.String("reason", "session_limit"))
 		}
 		return nil
@@ -707,7 +707,7 @@ func (w *worker) logEvent(ev string, key sessKey, attrs ...slog.Attr) {
 }
 
 func (w *worker) logWarn(key sessKey, op string, err error) {
-	if w.warn.allow(time.Now()) {
+	if w.warn.allow(time.Now(), maxWarnLogs) {
 		w.log.LogAttrs(context.Background(), slog.LevelWarn, evError,
 			append(key.attrs(), slog.String("op", op), slog.String("err", err.Error()))...)
 	}
