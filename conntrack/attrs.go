@@ -17,11 +17,6 @@ const (
 	ipctnlMsgExpDelete netfilter.MessageType = 2 // IPCTNL_MSG_EXP_DELETE
 
 	ctaTupleOrig = 1 // CTA_TUPLE_ORIG
-	ctaProtoInfo = 4 // CTA_PROTOINFO
-
-	ctaProtoInfoTCP              = 1 // CTA_PROTOINFO_TCP
-	ctaProtoInfoTCPFlagsOriginal = 4 // CTA_PROTOINFO_TCP_FLAGS_ORIGINAL
-	ctaProtoInfoTCPFlagsReply    = 5 // CTA_PROTOINFO_TCP_FLAGS_REPLY
 
 	ctaExpectTuple = 2 // CTA_EXPECT_TUPLE
 	ctaExpectID    = 5 // CTA_EXPECT_ID
@@ -110,7 +105,12 @@ func flowFrom(f *ct.Flow) (Flow, bool) {
 		return Flow{}, false
 	}
 	reply, _ := tupleFrom(f.TupleReply) // absent only in malformed messages
-	out := Flow{ID: f.ID, Orig: orig, Reply: reply, Helper: f.Helper.Name}
+	out := Flow{ID: f.ID, Orig: orig, Reply: reply, Helper: f.Helper.Name, Zone: f.Zone}
+	if f.Status&ipsSeqAdjust != 0 {
+		out.Adjusting = true
+		out.SeqAdj[Original] = seqAdjFrom(f.SeqAdjOrig)
+		out.SeqAdj[Reply] = seqAdjFrom(f.SeqAdjReply)
+	}
 	if m, ok := tupleFrom(f.TupleMaster); ok {
 		out.Master = &m
 	}

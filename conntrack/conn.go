@@ -80,48 +80,6 @@ func (c *Conn) Lookup(seen Tuple) (Flow, error) {
 	return fl, nil
 }
 
-// BE_LIBERAL (include/uapi/linux/netfilter/nf_conntrack_tcp.h): conntrack stops checking that
-// sequence and acknowledgement numbers fall inside the window for this connection.
-const tcpFlagBeLiberal = 0x08
-
-// SetLiberal sets IP_CT_TCP_FLAG_BE_LIBERAL (0x08, mask 0x08) on both directions of f, so that
-// conntrack accepts the sequence and acknowledgement numbers of a stream whose length ftpalg
-// changed. It reads the entry first (it must exist and be TCP), then sends only the two flag
-// attributes: the kernel treats the TCP state as optional in an update, and not sending it
-// avoids writing back a state that the packet path may have advanced in between.
-func (c *Conn) SetLiberal(f Flow) error {
-	f.Orig = f.Orig.unmap()
-	if !f.Orig.IsValid() {
-		return fmt.Errorf("set liberal %s: %w", f.Orig, errBadTuple)
-	}
-	cur, err := c.ct.Get(ct.Flow{TupleOrig: ctTuple(f.Orig)})
-	if err != nil {
-		return kernelErr("set liberal", f.Orig.String(), err, errnoFlow)
-	}
-	if cur.TupleOrig.Proto.Protocol != unix.IPPROTO_TCP || cur.ProtoInfo.TCP == nil {
-		return fmt.Errorf("set liberal %s: %w", f.Orig, errNotTCP)
-	}
-	if cur.ProtoInfo.TCP.OriginalFlags>>8&tcpFlagBeLiberal != 0 &&
-		cur.ProtoInfo.TCP.ReplyFlags>>8&tcpFlagBeLiberal != 0 {
-		return nil // already liberal both ways
-	}
-	flags := []byte{tcpFlagBeLiberal, tcpFlagBeLiberal} // struct nf_ct_tcp_flags {flags, mask}
-	attrs := []netfilter.Attribute{
-		tupleAttr(ctaTupleOrig, f.Orig.Src, f.Orig.Dst),
-		{Type: ctaProtoInfo, Nested: true, Children: []netfilter.Attribute{
-			{Type: ctaProtoInfoTCP, Nested: true, Children: []netfilter.Attribute{
-				{Type: ctaProtoInfoTCPFlagsOriginal, Data: flags},
-				{Type: ctaProtoInfoTCPFlagsReply, Data: flags},
-			}},
-		}},
-	}
-	// IPCTNL_MSG_CT_NEW without NLM_F_CREATE updates an existing entry only.
-	if err := c.query(netfilter.NFSubsysCTNetlink, ipctnlMsgCTNew, family(f.Orig.Src.Addr()), attrs); err != nil {
-		return kernelErr("set liberal", f.Orig.String(), err, errnoFlow)
-	}
-	return nil
-}
-
 // CreateExpect creates the pinhole e (the expectation is created and reported with ExpectNew
 // before CreateExpect returns). Errors wrap ErrExist when it collides with an existing
 // expectation, ErrNoHelper when the master has no helper, ErrNotFound when the master is gone.

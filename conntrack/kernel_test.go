@@ -3,6 +3,7 @@ package conntrack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -12,7 +13,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
-	ct "github.com/ti-mo/conntrack"
 )
 
 var (
@@ -75,56 +75,97 @@ func TestLookupNotFound(t *testing.T) {
 	}
 }
 
-func TestSetLiberal(t *testing.T) {
-	for _, ip := range []netip.Addr{lo4, lo6} {
-		t.Run(ip.String(), func(t *testing.T) {
+func TestSetSeqAdj(t *testing.T) {
+	// The carrier attached before the DNAT (2122) or after it (2121): either way the entry has
+	// the extension (nft's ct helper statement adds it to an entry that is NATed already).
+	for _, tc := range []struct {
+		ip   netip.Addr
+		port uint16
+	}{{lo4, 2122}, {lo6, 2122}, {lo4, 2121}, {lo6, 2121}} {
+		t.Run(fmt.Sprintf("%s port %d", tc.ip, tc.port), func(t *testing.T) {
+			ip := tc.ip
 			l := newLab(t)
-			m := l.master(ip, 21)
-			read := func() *ct.ProtoInfoTCP {
-				t.Helper()
-				f, err := l.c.ct.Get(ct.Flow{TupleOrig: ctTuple(m)})
-				if err != nil || f.ProtoInfo.TCP == nil {
-					t.Fatalf("get %s: %v (protoinfo %v)", m, err, f.ProtoInfo.TCP)
-				}
-				return f.ProtoInfo.TCP
-			}
-			liberal := func(p *ct.ProtoInfoTCP) [2]bool {
-				return [2]bool{p.OriginalFlags>>8&tcpFlagBeLiberal != 0, p.ReplyFlags>>8&tcpFlagBeLiberal != 0}
-			}
-			before := read()
-			if diff := cmp.Diff([2]bool{false, false}, liberal(before)); diff != "" {
-				t.Fatalf("liberal before SetLiberal (-want +got):\n%s", diff)
-			}
-			f, err := l.c.Lookup(m)
+			ln := l.listen(netip.AddrPortFrom(ip, 21))
+			orig, _ := l.connect(ln, netip.AddrPortFrom(ip, tc.port))
+			f, err := l.c.Lookup(Tuple{Src: orig.Src, Dst: netip.AddrPortFrom(ip, 21)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := l.c.SetLiberal(f); err != nil {
-				t.Fatalf("SetLiberal: %v", err)
+			if f.Adjusting {
+				t.Fatalf("adjusting before any SetSeqAdj: %+v", f.SeqAdj)
 			}
-			after := read()
-			if diff := cmp.Diff([2]bool{true, true}, liberal(after)); diff != "" {
-				t.Errorf("liberal after SetLiberal (-want +got):\n%s", diff)
+			// The first resize of a stream: Before is 0 (the case ti-mo/conntrack drops).
+			first := SeqAdj{}.Next(1000, 3)
+			if diff := cmp.Diff(SeqAdj{Pos: 1000, Before: 0, After: 3}, first); diff != "" {
+				t.Fatalf("Next (-want +got):\n%s", diff)
 			}
-			// Only the liberal bit changed; state, window scales and other flags stay.
-			want := *before
-			want.OriginalFlags |= tcpFlagBeLiberal << 8
-			want.ReplyFlags |= tcpFlagBeLiberal << 8
-			if diff := cmp.Diff(want, *after); diff != "" {
-				t.Errorf("tcp protoinfo after SetLiberal (-want +got):\n%s", diff)
+			if err := l.c.SetSeqAdj(f, Original, first, true); err != nil {
+				t.Fatalf("SetSeqAdj(original, %+v): %v", first, err)
 			}
-			if err := l.c.SetLiberal(f); err != nil {
-				t.Errorf("SetLiberal again: %v", err)
+			second := first.Next(2000, -5)
+			if err := l.c.SetSeqAdj(f, Reply, second, true); err != nil {
+				t.Fatalf("SetSeqAdj(reply, %+v): %v", second, err)
+			}
+			got, err := l.c.Lookup(Tuple{Src: orig.Src, Dst: netip.AddrPortFrom(ip, 21)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Adjusting {
+				t.Fatal("Lookup after SetSeqAdj: not adjusting")
+			}
+			if diff := cmp.Diff([2]SeqAdj{first, {Pos: 2000, Before: 3, After: -2}}, got.SeqAdj); diff != "" {
+				t.Errorf("Lookup's SeqAdj (-want +got):\n%s", diff)
 			}
 		})
 	}
+	t.Run("no extension", func(t *testing.T) {
+		// A carrier and no NAT at all: the kernel accepts the update and keeps nothing;
+		// SetSeqAdj must say so.
+		l := newLab(t)
+		m := l.master(lo4, 21)
+		f, err := l.c.Lookup(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.c.SetSeqAdj(f, Original, SeqAdj{Pos: 1, After: 3}, true); !errors.Is(err, ErrNoSeqAdj) {
+			t.Errorf("SetSeqAdj = %v, want ErrNoSeqAdj", err)
+		}
+		// Unverified, the same update reports nothing: the caller must verify once.
+		if err := l.c.SetSeqAdj(f, Original, SeqAdj{Pos: 1, After: 3}, false); err != nil {
+			t.Errorf("SetSeqAdj unverified = %v", err)
+		}
+	})
 	t.Run("gone", func(t *testing.T) {
 		l := newLab(t)
 		gone := Flow{Orig: Tuple{Src: netip.MustParseAddrPort("127.0.0.1:1"), Dst: netip.MustParseAddrPort("127.0.0.1:21")}}
-		if err := l.c.SetLiberal(gone); !errors.Is(err, ErrNotFound) {
-			t.Errorf("SetLiberal(gone) = %v, want ErrNotFound", err)
+		if err := l.c.SetSeqAdj(gone, Original, SeqAdj{Pos: 1, After: 3}, true); !errors.Is(err, ErrNotFound) {
+			t.Errorf("SetSeqAdj(gone) = %v, want ErrNotFound", err)
 		}
 	})
+}
+
+func TestSeqAdjNext(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cur   SeqAdj
+		seq   uint32
+		delta int32
+		want  SeqAdj
+	}{
+		{"first", SeqAdj{}, 100, 3, SeqAdj{100, 0, 3}},
+		{"zero delta", SeqAdj{100, 0, 3}, 200, 0, SeqAdj{100, 0, 3}},
+		{"later segment", SeqAdj{100, 0, 3}, 200, 2, SeqAdj{200, 3, 5}},
+		{"same segment", SeqAdj{100, 0, 3}, 100, 2, SeqAdj{100, 0, 5}},
+		{"older segment keeps the point", SeqAdj{200, 3, 5}, 100, -1, SeqAdj{200, 3, 4}},
+		{"wraps", SeqAdj{0xfffffff0, 0, 3}, 0x10, -5, SeqAdj{0x10, 3, -2}},
+		{"shrink then grow back to zero", SeqAdj{100, 0, -5}, 200, 5, SeqAdj{200, -5, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.cur.Next(tc.seq, tc.delta); got != tc.want {
+				t.Errorf("%+v.Next(%d, %d) = %+v, want %+v", tc.cur, tc.seq, tc.delta, got, tc.want)
+			}
+		})
+	}
 }
 
 // TestExpectRelated is the proof that matters: a connection from Src to Dst becomes RELATED to

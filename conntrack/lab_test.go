@@ -29,7 +29,9 @@ import (
 
 // labRuleset attaches the carrier to port-21 control connections, leaves port 2100 without a
 // helper, port-forwards 2121 to 21 (DNAT, for the reverse lookup), and registers NAT chains on
-// every hook so that nat-follow-master can rewrite loopback connections.
+// every hook so that nat-follow-master can rewrite loopback connections. Port 2122 is
+// port-forwarded to 21 too, with the carrier attached BEFORE the DNAT: only such a connection
+// has the sequence-adjustment extension (on 2121 the helper comes after NAT).
 const labRuleset = `
 table inet ftpalg_lab {
 	ct helper sane {
@@ -39,10 +41,14 @@ table inet ftpalg_lab {
 		type filter hook output priority filter; policy accept;
 		tcp dport 21 ct helper set "sane"
 	}
+	chain out_early {
+		type filter hook output priority -150; policy accept;
+		tcp dport 2122 ct helper set "sane"
+	}
 	chain nat_out {
 		type nat hook output priority -100; policy accept;
-		meta nfproto ipv4 tcp dport 2121 dnat ip to 127.0.0.1:21
-		meta nfproto ipv6 tcp dport 2121 dnat ip6 to [::1]:21
+		meta nfproto ipv4 tcp dport { 2121, 2122 } dnat ip to 127.0.0.1:21
+		meta nfproto ipv6 tcp dport { 2121, 2122 } dnat ip6 to [::1]:21
 	}
 	chain nat_pre { type nat hook prerouting priority -100; policy accept; }
 	chain nat_in { type nat hook input priority 100; policy accept; }

@@ -66,6 +66,11 @@ type Flow struct {
 	Reply  Tuple  // reply direction as the server sends it (pre-NAT of the reply)
 	Helper string // attached helper name ("" if none)
 	Master *Tuple // for a data connection: its master's original tuple (nil otherwise)
+	Zone   uint16 // conntrack zone (0: the default zone)
+	// SeqAdj is the sequence adjustment of each direction (index Original, Reply), valid when
+	// Adjusting: the kernel shifts the connection's sequence numbers (IPS_SEQ_ADJUST).
+	SeqAdj    [2]SeqAdj
+	Adjusting bool
 }
 
 // Expectation is a pinhole: Src (any source port) may open one TCP connection to Dst, related to

@@ -70,6 +70,11 @@ type stream struct {
 	// start at or after it.
 	end      Seq
 	recorded bool
+	// last is the first sequence number of the segment that recorded the latest edits: the
+	// kernel's correction point. Those edits are never pruned, whatever the acks say: a
+	// spurious retransmission of that segment is shifted by the kernel's offset_before, which
+	// is right only for its rewritten bytes.
+	last Seq
 }
 
 type edit struct {
@@ -114,24 +119,6 @@ func (s *stream) fwd(p Seq) Seq {
 	return p.Add(s.base)
 }
 
-// inv maps a rewritten position (an ack or SACK edge) back to the original stream: to the
-// largest original position whose image is at or before q. An acknowledgment that covers all
-// of an edit's replacement text therefore acknowledges all of the original range it replaced,
-// and one that stops inside the replacement acknowledges no more original bytes than the
-// receiver holds the image of.
-func (s *stream) inv(q Seq) Seq {
-	for i := len(s.edits) - 1; i >= 0; i-- {
-		e := &s.edits[i]
-		if !q.LessThan(e.stop()) {
-			return q.Add(-e.after())
-		}
-		if st := e.start(); !q.LessThan(st) {
-			return e.a.Add(min(st.Size(q), e.a.Size(e.b)-1))
-		}
-	}
-	return q.Add(-s.base)
-}
-
 // overlaps reports whether the original range [x0, x1) touches a remembered edit.
 func (s *stream) overlaps(x0, x1 Seq) bool {
 	for i := len(s.edits) - 1; i >= 0; i-- {
@@ -170,10 +157,11 @@ func (s *stream) push(edits []Edit, x0, x1 Seq) error {
 }
 
 // commit makes the edits from index n0 on permanent: copies their text and bounds the list.
-func (s *stream) commit(n0 int) {
+func (s *stream) commit(n0 int, x0 Seq) {
 	if n0 == len(s.edits) {
 		return
 	}
+	s.last = x0
 	for i := n0; i < len(s.edits); i++ {
 		s.edits[i].new = append([]byte(nil), s.edits[i].new...)
 	}
@@ -198,40 +186,32 @@ func (s *stream) drop(n int) {
 // rewritten numbering): the sender will not retransmit them.
 func (s *stream) prune(q Seq) {
 	n := 0
-	for n < len(s.edits) && s.edits[n].stop().LessThanEq(q) {
+	for n < len(s.edits) && s.edits[n].stop().LessThanEq(q) && s.edits[n].a.LessThan(s.last) {
 		n++
 	}
 	s.drop(n)
 }
 
-// Shifting reports whether any non-zero delta is recorded in either direction: every later
-// packet of the connection then needs its numbers adjusted.
-func (c *Conn) Shifting() bool {
-	for d := range c.dir {
-		s := &c.dir[d]
-		if s.base != 0 {
-			return true
-		}
-		for i := range s.edits {
-			if s.edits[i].after() != 0 {
-				return true
-			}
-		}
-	}
-	return false
-}
+// Active reports whether c remembers any edit whose retransmission must be rewritten.
+func (c *Conn) Active() bool { return len(c.dir[0].edits) > 0 || len(c.dir[1].edits) > 0 }
 
-// Active reports whether c changes anything at all: a delta or an edit (even a same-length
-// one, whose retransmissions must still be rewritten) is recorded.
-func (c *Conn) Active() bool { return !c.dir[0].idle() || !c.dir[1].idle() }
-
-// Delta returns the cumulative delta at the end of direction d's stream: the amount added to
-// the sequence number of new data in that direction (and subtracted from the peer's acks).
+// Delta returns the cumulative length change of direction d's stream: the sum of every edit's
+// change, including forgotten ones (and the base set by Restore).
 func (c *Conn) Delta(d Dir) int32 {
 	if d > Reply {
 		return 0
 	}
 	return c.dir[d].delta()
+}
+
+// Restore sets the cumulative delta of direction d's stream, for a connection met again after
+// a restart whose earlier edits are known only by their total (the kernel's offset_after). It
+// is a no-op once d has remembered edits.
+func (c *Conn) Restore(d Dir, delta int32) {
+	if d > Reply || len(c.dir[d].edits) > 0 {
+		return
+	}
+	c.dir[d].base = delta
 }
 
 // Edits returns the number of edits remembered for direction d.
@@ -242,12 +222,15 @@ func (c *Conn) Edits(d Dir) int {
 	return len(c.dir[d].edits)
 }
 
-// Apply produces the packet to release for p, which travels in direction d: its payload and
-// sequence number mapped into the rewritten stream of d, its ack and SACK blocks mapped back
-// into the original numbering of the other direction. edits are new edits announced by this
-// packet (sorted, non-overlapping, each inside p's payload range in original numbering, none
-// before an edit already recorded); they are recorded only if Apply succeeds. Acknowledged
-// edits of the other direction are forgotten (see the package documentation).
+// Apply produces the packet to release for p, which travels in direction d: its payload with
+// every remembered or new edit applied, lengths and checksums fixed. Its sequence and
+// acknowledgment numbers and SACK blocks are left as they are: the kernel shifts them
+// (conntrack's seqadj, which the daemon registers for every edit that changes the length), so
+// the released packet keeps the sender's numbering. edits are new edits announced by this packet
+// (sorted, non-overlapping, each inside p's payload range, none before an edit already
+// recorded); they are recorded only if Apply succeeds. A retransmission that covers a remembered
+// edit is rewritten to the same bytes again. Acknowledged edits of the other direction are
+// forgotten (see the package documentation).
 //
 // When nothing changes Apply returns p.Bytes(), false and does not copy or allocate.
 // Otherwise the result is built in out[:0] (which must not overlap p's bytes; with cap(out) ≥
@@ -262,7 +245,8 @@ func (c *Conn) Apply(p *Packet, d Dir, edits []Edit, maxLen int, out []byte) ([]
 		return nil, false, errUndecoded
 	}
 	s, o := &c.dir[d], &c.dir[d^1]
-	if len(edits) == 0 && s.idle() && o.idle() {
+	if len(edits) == 0 && len(s.edits) == 0 {
+		o.pruneIfAck(p)
 		return p.b, false, nil
 	}
 	x0 := Seq(p.PayloadSeq())
@@ -276,42 +260,13 @@ func (c *Conn) Apply(p *Packet, d Dir, edits []Edit, maxLen int, out []byte) ([]
 			return nil, false, fmt.Errorf("apply %s: %w", d, err)
 		}
 	}
-
-	// Map the numbers.
-	y0 := s.fwd(x0)
-	seq := uint32(y0) - (p.PayloadSeq() - p.seq)
-	ack := p.ack
-	if p.ACK() {
-		ack = uint32(o.inv(Seq(p.ack)))
-	}
-	sackChanged := false
-	if p.nsack > 0 && !o.idle() {
-		sackChanged = p.sackChanged(o)
-	}
-	rewrite := s.overlaps(x0, x1)
-	if !rewrite {
-		if seq == p.seq && ack == p.ack && !sackChanged {
-			o.pruneIfAck(p)
-			return p.b, false, nil
-		}
-		out = append(out[:0], p.b...)
-		t := out[p.tcpOff:]
-		csum := binary.BigEndian.Uint16(t[tcpCsumOff:])
-		csum = update32(csum, p.seq, seq)
-		binary.BigEndian.PutUint32(t[tcpSeqOff:], seq)
-		csum = update32(csum, p.ack, ack)
-		binary.BigEndian.PutUint32(t[tcpAckOff:], ack)
-		if sackChanged {
-			csum = p.mapSACK(out, o, csum)
-		}
-		binary.BigEndian.PutUint16(t[tcpCsumOff:], csum)
+	if !s.overlaps(x0, x1) {
 		o.pruneIfAck(p)
-		return out, true, nil
+		return p.b, false, nil
 	}
 
 	// The payload changes: assemble the rewritten bytes of [x0, x1).
-	y1 := s.fwd(x1)
-	newPay := int(y0.Size(y1))
+	newPay := int(s.fwd(x0).Size(s.fwd(x1)))
 	newLen := p.dataOff + newPay
 	if newLen > maxIPLen || (maxLen > 0 && newLen > maxLen && newLen > len(p.b)) {
 		s.truncate(n0)
@@ -320,15 +275,18 @@ func (c *Conn) Apply(p *Packet, d Dir, edits []Edit, maxLen int, out []byte) ([]
 	out = append(out[:0], p.b[:p.dataOff]...)
 	out = s.assemble(out, payload, x0, x1)
 	t := out[p.tcpOff:]
-	binary.BigEndian.PutUint32(t[tcpSeqOff:], seq)
-	binary.BigEndian.PutUint32(t[tcpAckOff:], ack)
-	if sackChanged {
-		p.mapSACK(out, o, 0)
+	if p.flags&FlagURG != 0 {
+		// The urgent pointer is an offset from the segment's sequence number: it points
+		// past the same byte after the bytes before it changed length.
+		if up := int(binary.BigEndian.Uint16(t[tcpUrgOff:])); up > 0 {
+			nu := int(s.fwd(x0).Size(s.fwd(x0.Add(int32(up)))))
+			binary.BigEndian.PutUint16(t[tcpUrgOff:], uint16(min(nu, 0xffff)))
+		}
 	}
 	setIPLength(out, p.version, p.tcpOff)
 	csum := binary.BigEndian.Uint16(p.b[p.tcpOff+tcpCsumOff:])
 	binary.BigEndian.PutUint16(t[tcpCsumOff:], segmentChecksum(p.b[p.tcpOff:], csum, t))
-	s.commit(n0)
+	s.commit(n0, x0)
 	o.pruneIfAck(p)
 	return out, true, nil
 }
@@ -380,34 +338,6 @@ func (e *edit) image(p Seq) int {
 	return min(int(e.a.Size(p)), len(e.new))
 }
 
-// sackChanged reports whether mapping p's SACK blocks through o changes any edge.
-func (p *Packet) sackChanged(o *stream) bool {
-	for i := 0; i < p.nsack; i++ {
-		for j, off := 0, p.sack[i]; j < 2*p.sackN[i]; j, off = j+1, off+4 {
-			v := binary.BigEndian.Uint32(p.b[off:])
-			if uint32(o.inv(Seq(v))) != v {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// mapSACK rewrites, in buf (a copy of p whose header sits at the same offsets), every SACK edge
-// through o.inv, updating csum incrementally, and returns it.
-func (p *Packet) mapSACK(buf []byte, o *stream, csum uint16) uint16 {
-	for i := 0; i < p.nsack; i++ {
-		for j, off := 0, p.sack[i]; j < 2*p.sackN[i]; j, off = j+1, off+4 {
-			v := binary.BigEndian.Uint32(p.b[off:])
-			w := uint32(o.inv(Seq(v)))
-			// Linux aligns SACK blocks with NOPs, but nothing obliges a sender to.
-			csum = update32At(csum, v, w, (off-p.tcpOff)%2 == 1)
-			binary.BigEndian.PutUint32(buf[off:], w)
-		}
-	}
-	return csum
-}
-
 // setIPLength writes len(b) into the IP header of b and, for IPv4, updates the header
 // checksum (incrementally, so an already wrong checksum stays wrong).
 func setIPLength(b []byte, version uint8, tcpOff int) {
@@ -441,6 +371,12 @@ func Extend(p *Packet, prefix []byte, out []byte) ([]byte, error) {
 	out = append(out, p.b[p.dataOff:]...)
 	t := out[p.tcpOff:]
 	binary.BigEndian.PutUint32(t[tcpSeqOff:], p.seq-uint32(len(prefix)))
+	if p.flags&FlagURG != 0 {
+		// The urgent pointer counts from the sequence number, which moved back.
+		if up := int(binary.BigEndian.Uint16(t[tcpUrgOff:])); up > 0 {
+			binary.BigEndian.PutUint16(t[tcpUrgOff:], uint16(min(up+len(prefix), 0xffff)))
+		}
+	}
 	setIPLength(out, p.version, p.tcpOff)
 	csum := binary.BigEndian.Uint16(p.b[p.tcpOff+tcpCsumOff:])
 	binary.BigEndian.PutUint16(t[tcpCsumOff:], segmentChecksum(p.b[p.tcpOff:], csum, t))

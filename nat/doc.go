@@ -1,9 +1,11 @@
 // Package nat rewrites the packets of an FTP control connection: it decodes IPv4/IPv6 + TCP
-// packets, replaces byte ranges of the payload, and keeps the TCP sequence space of both
-// directions consistent afterwards (seq, ack and SACK blocks), fixing lengths and checksums.
-// The kernel cannot adjust sequence numbers of packets that went through NFQUEUE on our target
-// kernels (see DESIGN.md), so every packet of a control connection whose stream was rewritten
-// passes through Conn.Apply until the connection closes.
+// packets, replaces byte ranges of the payload and fixes lengths and checksums. It does not
+// touch sequence or acknowledgment numbers: when a rewrite changes the stream's length the
+// daemon registers the change in the connection's conntrack entry (seqadj, DESIGN.md) before it
+// releases the packet, and the kernel shifts seq, ack and SACK blocks of every later packet
+// itself, also while ftpalg is down or on another router. What stays here is what only the
+// rewriter knows: the replacement text, so that a retransmission of a rewritten segment goes out
+// with the same bytes again.
 //
 // # Decoding
 //
@@ -22,57 +24,37 @@
 // kept where it is strongest: it builds every test packet and independently re-decodes and
 // verifies every packet this package writes.
 //
-// # The mapping
+// # Edits and retransmissions
 //
 // Per direction, Conn records the edits made to the original byte stream, Edit{Seq, Len, New}
-// replacing original positions [Seq, Seq+Len) by New. The rewritten stream is the original
-// with each edit applied. An original position p maps to:
-//
-//   - p + (cumulative delta of the edits that end at or before p), outside edits;
-//   - a' + min(p-a, len(New)) inside an edit [a, b) whose rewritten start is a';
-//   - a' + len(New) for p = b.
-//
-// The map is monotonic, so a packet covering original [x0, x1) is released with sequence
-// number map(x0) and exactly the rewritten bytes [map(x0), map(x1)): any segmentation of the
-// original stream (first transmission, retransmission, coalesced or split differently) maps to
-// contiguous, non-overlapping pieces whose union is the rewritten stream, and a retransmission
-// is byte-identical to the first rewritten transmission. A SYN occupies the number before the
-// first payload byte and a FIN the number after the last, so both simply shift.
-//
-// Acknowledgment numbers and SACK edges of the other direction travel the other way: a
-// rewritten position q maps back to the largest original position whose image is at or before
-// q. Consequently an ack that covers all of an edit's replacement acknowledges all of the
-// original range it replaced (a shrunk or deleted range is acknowledged as soon as its shorter
-// image is), and an ack inside a replacement acknowledges no original byte whose image the
-// receiver does not hold (inside a grown replacement, beyond the original length, it maps to
-// the edit's last original byte). A receiver only ever acknowledges segment boundaries, which
-// all are images of original positions, so in practice every ack maps back exactly.
+// replacing original positions [Seq, Seq+Len) by New. A packet covering original [x0, x1) is
+// released with the same sequence number and the rewritten bytes of that range: an original
+// position p maps to a' + min(p-a, len(New)) inside an edit [a, b) (a' its rewritten start) and
+// outside edits simply shifts, so any segmentation of the original stream maps to contiguous,
+// non-overlapping pieces and a retransmission is byte-identical to the first rewritten
+// transmission. The kernel's adjustment is two-level (nf_ct_seqadj): a segment starting at or
+// before the last resized segment's sequence number is shifted by offset_before, a later one by
+// offset_after. That is exact for every segment that starts after the previous resized segment,
+// which is all an FTP peer sends (it waits for the reply to its command; nf_nat_ftp relies on
+// the same).
 //
 // Edits must replace at least one byte (Len ≥ 1): a pure insertion has no original byte to
-// carry it, and which of the two segments meeting at its position should carry it would be
-// ambiguous. Deletion (empty New) is allowed. Edits are announced by the packet that carries
-// them entirely (the daemon holds back and joins a split command with Extend first).
+// carry it. Deletion (empty New) is allowed. Edits are announced by the packet that carries them
+// entirely (the daemon holds back and joins a split command with Extend first).
+//
+// The urgent pointer, an offset from the sequence number, is moved so that it still points past
+// the same byte (Telnet IP/DM before ABOR), both by Apply and by Extend.
 //
 // # Bounded memory
 //
-// When a packet of the other direction acknowledges a position at or beyond an edit's
-// rewritten end, the sender will never retransmit the edit: it is forgotten and its delta
-// becomes the base delta of positions before the next remembered edit. A stale duplicate still
-// in flight from before that ack is then mapped with the base delta; such a segment lies
-// entirely below the receiver's next expected byte, where the receiver discards it, so only
-// its acknowledgment value matters and a stale ack is ignored by the sender.
-//
-// At most MaxEdits edits are remembered per direction; beyond that the oldest is forgotten even
-// if unacknowledged. A retransmission that reaches back to or before that edit's end is then
-// released with the base delta and its original bytes, i.e. wrong. This needs MaxEdits
-// commands rewritten in one direction while the peer acknowledges none of them, which an FTP
-// peer (one command, one reply) does not do.
+// When a packet of the other direction acknowledges a position at or beyond an edit's rewritten
+// end, the sender will not retransmit the edit: it is forgotten (its delta stays in Delta) —
+// except the edits of the latest resized segment, the kernel's correction point, which a
+// spurious retransmission may still carry. At most MaxEdits edits are remembered per direction.
 //
 // # Checksums and lengths
 //
-// A packet whose only change is its numbers is copied into the caller's buffer and patched in
-// place, with RFC 1624 incremental updates of the TCP checksum: no allocation. When the payload
-// changes, the TCP checksum is updated incrementally for the whole segment (the old segment's
+// When the payload changes, the TCP checksum is updated incrementally for the whole segment (the old segment's
 // sum, pseudo-header length included, is replaced by the new one's): the pseudo-header
 // addresses, equal on both sides, cancel out, so IPv6 routing headers need no special care,
 // and a segment that arrived with a bad checksum keeps a bad one instead of being laundered.
@@ -92,12 +74,7 @@
 // # Allocation and concurrency
 //
 // Decode never allocates. Apply does not allocate for a packet it returns unchanged (no copy
-// either) nor, given an out buffer with capacity for the result (65535 bytes), for packets
-// whose numbers or payload it rewrites from recorded edits; recording new edits copies their
-// text. A Conn is used by one goroutine at a time (the daemon's per-queue worker).
+// either) nor, given an out buffer with capacity for the result (65535 bytes), for a
+// retransmission it rewrites from recorded edits; recording new edits copies their text. A Conn is used by one goroutine at a time (the daemon's per-queue worker).
 //
-// # Persistence
-//
-// Conn implements encoding.BinaryMarshaler and BinaryUnmarshaler so that a restarted daemon or
-// a backup router can resume the sequence adjustment of live connections.
 package nat

@@ -27,10 +27,11 @@ type spec struct {
 	tsval    uint32 // a timestamps option when non-zero
 	sack     [][2]uint32
 	payload  []byte
-	ipOpts   bool // IPv4: a router-alert option
-	hbh      bool // IPv6: a hop-by-hop header
-	routing  bool // IPv6: a routing header (segments left 0)
-	destOpts bool // IPv6: a destination-options header
+	ipOpts   bool   // IPv4: a router-alert option
+	hbh      bool   // IPv6: a hop-by-hop header
+	routing  bool   // IPv6: a routing header (segments left 0)
+	destOpts bool   // IPv6: a destination-options header
+	urg      uint16 // the urgent pointer (URG is set when non-zero)
 }
 
 func (s spec) with(f func(*spec)) spec { f(&s); return s }
@@ -56,6 +57,8 @@ func buildErr(s spec) ([]byte, error) {
 		RST:     s.flags&FlagRST != 0,
 		PSH:     s.flags&FlagPSH != 0,
 		ACK:     s.flags&FlagACK != 0,
+		URG:     s.urg != 0,
+		Urgent:  s.urg,
 		Window:  502,
 	}
 	if s.tsval != 0 {

@@ -63,6 +63,7 @@ const (
 	tcpAckOff   = 8
 	tcpFlagsOff = 13
 	tcpCsumOff  = 16
+	tcpUrgOff   = 18
 	tcpMinLen   = 20
 
 	optEOL         = 0
