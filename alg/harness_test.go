@@ -157,7 +157,13 @@ func (f *feeder) describe(d Decision) string {
 	if d.Delim != 0 {
 		fmt.Fprintf(&b, " delim=%q", d.Delim)
 	}
-	if d.Neutral.Len > 0 || d.NeutralWith != "" {
+	if d.Action == ActOpen {
+		// An open carries the span to neutralise should the daemon fail to carry it: the
+		// verb or reply code itself.
+		if s, err := f.span(d.Dir, d.Neutral); err != nil || !strings.EqualFold(s, d.Cmd.String()) || len(d.NeutralWith) != len(s) {
+			fmt.Fprintf(&b, " BAD-neutral=%q>%q (%v)", s, d.NeutralWith, err)
+		}
+	} else if d.Neutral.Len > 0 || d.NeutralWith != "" {
 		s, err := f.span(d.Dir, d.Neutral)
 		if err != nil {
 			s = err.Error()

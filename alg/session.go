@@ -427,9 +427,9 @@ func (s *Session) clientLine(b []byte, start uint32, long bool, out []Decision) 
 		} else {
 			dec.Reason, dec.Loose = s.check(dec.Endpoint, s.client.Addr(), netip.Addr{})
 		}
-		if dec.Reason != ReasonNone {
-			dec.Neutral, dec.NeutralWith = verb, neutralVerb
-		}
+		// Also for an open: the daemon neutralises the command when it cannot carry the
+		// pinhole (the private address must not reach the server).
+		dec.Neutral, dec.NeutralWith = verb, neutralVerb
 		return s.decide(dec, out)
 	case CmdLPRT, CmdLPSV:
 		s.stats.Rejects++
@@ -588,9 +588,8 @@ func (s *Session) serverLine(b []byte, start uint32, long bool, out []Decision) 
 			dec.Reason, dec.Loose = s.check(dec.Endpoint, s.server.Addr(), s.alias)
 		}
 	}
-	if dec.Reason != ReasonNone {
-		dec.Neutral, dec.NeutralWith = codeSpan, neutralReply
-	}
+	// Also for an open: the daemon neutralises the reply when it cannot carry the pinhole.
+	dec.Neutral, dec.NeutralWith = codeSpan, neutralReply
 	return s.decide(dec, out)
 }
 

@@ -74,7 +74,7 @@ func run(t *testing.T, cfg *Config, alias netip.Addr, noSyn bool, steps []step) 
 		if d.Text.Len > 0 {
 			str += " text=" + text(d.Text)
 		}
-		if d.Neutral.Len > 0 {
+		if d.Neutral.Len > 0 && d.Action != ActOpen {
 			str += " neutral=" + text(d.Neutral) + ">" + d.NeutralWith
 		}
 		r = append(r, str)

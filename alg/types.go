@@ -176,7 +176,7 @@ type Decision struct {
 	Loose       bool           // accepted only because Config.Loose
 	Text        Span           // E's text in the stream, for rewriting (zero if none)
 	Delim       byte           // EPRT/229 delimiter character
-	Neutral     Span           // for rejects that must not reach the peer in actionable form
+	Neutral     Span           // for rejects that must not reach the peer in actionable form; for an open, what to neutralise if the caller cannot carry it
 	NeutralWith string         // same-length replacement for Neutral (a constant: no allocation)
 }
 
