@@ -119,9 +119,10 @@ func newLab(t *testing.T, cfg lab.Config) *lab.Lab {
 }
 
 // startFtpalg runs the daemon in the lab's router (lab.StartFtpalg waits for its ready
-// event) and stops it at cleanup, checking the shutdown contract (exit 0, table inet ftpalg
-// removed). A daemon the test already ended (Stop, or kill -9 in the reliability tests) was
-// judged by that test and is left alone.
+// event) and stops it at cleanup, checking the shutdown contract (exit 0 within 5 s, table
+// inet ftpalg left in place), then runs `ftpalg cleanup` twice (exit 0, table gone). A daemon
+// the test already ended (Stop, or kill -9 in the reliability tests) was judged by that test
+// and is only cleaned up after.
 func startFtpalg(t *testing.T, l *lab.Lab, args []string) *lab.Daemon {
 	t.Helper()
 	requireFtpalg(t)
@@ -138,6 +139,11 @@ func startFtpalg(t *testing.T, l *lab.Lab, args []string) *lab.Daemon {
 			if err := d.Stop(); err != nil {
 				t.Errorf("ftpalg shutdown: %v", err)
 			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := l.FtpalgCleanup(ctx, ftpalgBin); err != nil {
+			t.Errorf("%v", err)
 		}
 		if t.Failed() {
 			t.Logf("ftpalg %v stdout (last 60 lines):\n%s\nstderr:\n%s", d.Args, lastLines(d.Lines(), 60), d.Stderr.String())

@@ -195,9 +195,13 @@ func tableExists(l *lab.Lab) bool {
 }
 
 // TestRestart: a control session whose stream was resized by a rewrite (grow plan, client
-// behind SNAT, PORT rewritten +3 bytes) survives ftpalg being killed (kill -9) and restarted,
-// and then a clean restart (SIGTERM, start): the next run claims the saved sequence deltas
-// (session_open restored:true) and later transfers of the same session still work.
+// behind SNAT, PORT rewritten +3 bytes) survives ftpalg being killed (kill -9), kept down for
+// seconds and restarted, and then a clean restart (SIGTERM, start). The kernel carries the
+// sequence adjustment (conntrack seqadj), so under fail-open the session goes on while ftpalg
+// is down; the next run rebuilds the session from its conntrack entry (session_open restored,
+// adjusting) and later transfers of the same session work. A control connection opened while
+// ftpalg is down still gets the carrier helper (the table stays), so its transfers work once
+// ftpalg is back.
 func TestRestart(t *testing.T) {
 	t.Parallel()
 	requireLab(t)
@@ -214,9 +218,7 @@ func TestRestart(t *testing.T) {
 		failOpen bool
 	}{
 		// With fail-open the queue rules have the bypass flag: while no ftpalg runs, the
-		// session's packets pass UNADJUSTED, and any packet then would desynchronise the
-		// shifted stream. The session is kept idle during the gap (no command, and the last
-		// reply's ACK has left before the kill).
+		// session's packets pass uninspected, and the kernel keeps shifting them.
 		{name: "fail-open", failOpen: true},
 		// Without it the packets wait in TCP retransmission: a PORT sent while ftpalg is down
 		// is rewritten by the next run when TCP retransmits it.
@@ -235,22 +237,29 @@ func TestRestart(t *testing.T) {
 				t.Fatalf("no rewrite before the kill (the session is not shifted): %v", err)
 			}
 			t.Logf("shifted: %v", rw[0])
-			time.Sleep(300 * time.Millisecond) // the client's last ACK leaves while ftpalg runs
 			kill9(t, d)
 			if !tableExists(l) {
-				t.Fatalf("table inet ftpalg gone after kill -9: the test needs the stale table")
+				t.Fatalf("table inet ftpalg gone after kill -9")
 			}
 			var pending chan error
-			gap := 300 * time.Millisecond
-			if !tc.failOpen {
+			down := time.Now()
+			if tc.failOpen {
+				// The session goes on, uninspected: the kernel shifts its numbers.
+				for _, cmd := range []struct {
+					line string
+					code int
+				}{{"NOOP", 200}, {"PWD", 257}, {"SYST", 215}, {"CWD pub", 250}, {"CWD /", 250}, {"NOOP", 200}} {
+					if _, err := c.want(cmd.line, cmd.code, 3*time.Second); err != nil {
+						t.Fatalf("resized session while ftpalg is down (fail-open): %v", err)
+					}
+					time.Sleep(300 * time.Millisecond)
+				}
+			} else {
 				// A command needing a rewrite, sent while nobody reads the queue: it must wait
 				// (no reply) and go through, rewritten, once ftpalg is back.
-				gap = 1500 * time.Millisecond
 				pending = make(chan error, 1)
 				go func() { pending <- c.retr(lab.PORT) }()
-			}
-			time.Sleep(gap)
-			if pending != nil {
+				time.Sleep(2 * time.Second)
 				select {
 				case err := <-pending:
 					t.Fatalf("fail-closed: the transfer finished while ftpalg was down (%v): control packets were not held", err)
@@ -259,7 +268,7 @@ func TestRestart(t *testing.T) {
 			}
 			start := time.Now()
 			d2 := startFtpalg(t, l, args)
-			t.Logf("restarted in %v", time.Since(start).Round(time.Millisecond))
+			t.Logf("down for %v, restarted in %v", start.Sub(down).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 			if pending != nil {
 				if err := <-pending; err != nil {
 					t.Errorf("PORT transfer sent while ftpalg was down: %v", err)
@@ -269,21 +278,27 @@ func TestRestart(t *testing.T) {
 			}
 			restored := func(ev lab.Event) bool {
 				b, _ := ev["restored"].(bool)
-				return b && ev.AddrPort("client").Addr() == x.Client
+				a, _ := ev["adjusting"].(bool)
+				return b && a && ev.AddrPort("client").Addr() == x.Client
 			}
 			if err := c.noop(10 * time.Second); err != nil {
 				t.Fatalf("control connection after kill -9 and restart: %v", err)
 			}
 			if _, err := d2.WaitFor(ctxT(t, 3*time.Second), 0, 1, "session_open", restored); err != nil {
-				t.Errorf("no session_open restored:true after the restart: %v", err)
+				t.Errorf("no session_open restored:true adjusting:true after the restart: %v", err)
 			}
-			// Passive modes after a restart need the engine to recover the reply pairing of a
-			// session met mid-stream (alg: pairing repaired at the next PASV/EPSV, commit
-			// ef00502); before that fix every 227/229 here was rejected "unpaired".
 			transfers(t, "after-kill", c, d2, lab.PORT, lab.EPRT, lab.PASV, lab.EPSV, lab.PORT)
-			// A clean restart mid-session: SIGTERM saves the state, the next run claims it.
+
+			// A clean restart mid-session; meanwhile (fail-open) a new session opens.
 			if err := d2.Stop(); err != nil {
 				t.Fatalf("SIGTERM: %v", err)
+			}
+			var c2 *ctl
+			if tc.failOpen {
+				c2 = openCtl(t, l, lab.Client, x.Client, vs, vs.Addr)
+				if _, err := c2.want("PWD", 257, 3*time.Second); err != nil {
+					t.Fatalf("new session while ftpalg is down: %v", err)
+				}
 			}
 			d3 := startFtpalg(t, l, args)
 			if err := c.noop(10 * time.Second); err != nil {
@@ -293,6 +308,15 @@ func TestRestart(t *testing.T) {
 				t.Errorf("no session_open restored:true after SIGTERM and start: %v", err)
 			}
 			transfers(t, "after-sigterm", c, d3, lab.PORT, lab.EPRT, lab.PASV, lab.EPSV)
+			if c2 != nil {
+				if err := c2.noop(5 * time.Second); err != nil {
+					t.Fatalf("session opened while ftpalg was down: %v", err)
+				}
+				transfers(t, "opened-while-down", c2, d3, lab.PASV, lab.PORT, lab.PASV, lab.PORT)
+				if _, err := c2.want("QUIT", 221, 5*time.Second); err != nil {
+					t.Errorf("QUIT: %v", err)
+				}
+			}
 			if _, err := c.want("QUIT", 221, 5*time.Second); err != nil {
 				t.Errorf("QUIT: %v", err)
 			}

@@ -32,9 +32,12 @@ func newDaemon(cfg *config, log *slog.Logger) (*daemon, error) {
 	return d, nil
 }
 
-// Run installs the ruleset, serves the queues until ctx ends, then shuts down in order: remove
-// the ruleset (no new packets are queued), let the workers give a verdict to every packet they
-// hold, close the queues, delete the pinholes still open, close the conntrack sockets.
+// Run installs the ruleset, serves the queues until ctx ends, then shuts down in order: let the
+// workers give a verdict to every packet they hold, close the queues, close the conntrack
+// sockets. The ruleset stays (DESIGN.md): a control connection opened while ftpalg restarts
+// still gets its carrier helper, and with --fail-open=false its packets wait in the kernel
+// instead of passing uninspected. The sessions' sequence adjustments and the pinholes stay in
+// the kernel too; the next run finds them there. `ftpalg cleanup` removes everything.
 func (d *daemon) Run(ctx context.Context) error {
 	rcfg := d.cfg.rules()
 	ct, err := conntrack.Dial()
@@ -50,37 +53,19 @@ func (d *daemon) Run(ctx context.Context) error {
 	}
 	defer events.Close()
 
-	// A table left by a crashed run stays until Install replaces it in one batch: with
+	// A table left by an earlier run stays until Install replaces it in one batch: with
 	// --fail-open=false its rules keep holding control packets back (nobody reads the
 	// queues) instead of letting them through uninspected for a moment.
-	removed := false
-	removeRules := func() {
-		if removed {
-			return
-		}
-		removed = true
-		if err := rules.Remove(rcfg); err != nil {
-			d.log.Error(evError, "op", "remove_ruleset", "err", err.Error())
-		}
-	}
-	defer removeRules()
 
-	// Workers and queues live in their own context so that the ruleset is removed before they
-	// stop reading: a packet queued with nobody reading would be dropped.
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
 	pins := newPinholes(runCtx, ct, d.log, d.m, d.cfg.PinholeTimeout)
-	st := d.openState(ct)
-	if st != nil {
-		// File writes off the packet path, finished before Run returns (after the workers
-		// saved their sessions at shutdown).
-		st.ops = make(chan stateOp, 4096)
-		written := make(chan struct{})
-		go func() {
-			st.writer(func(err error) { d.log.Warn(evError, "op", "save_state", "err", err.Error()) })
-			close(written)
-		}()
-		defer func() { close(st.ops); <-written }()
+	// Pinholes an earlier run opened are still in the kernel: ftpalg's timeout applies to
+	// them too.
+	if exps, err := ct.ListExpect(); err != nil {
+		d.log.Warn(evError, "op", "list_expect", "err", err.Error())
+	} else {
+		pins.adopt(exps)
 	}
 
 	var queues []*queue.Queue
@@ -92,7 +77,6 @@ func (d *daemon) Run(ctx context.Context) error {
 	workers := make([]*worker, d.cfg.Queues)
 	for i := range workers {
 		workers[i] = newWorker(i, d.cfg, ct, nil, pins, d.log, d.m)
-		workers[i].st = st
 	}
 
 	g, gctx := errgroup.WithContext(runCtx)
@@ -123,12 +107,6 @@ func (d *daemon) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	if err := rules.Install(rcfg); err != nil {
-		stopRun()
-		g.Wait()
-		return fmt.Errorf("install nftables table %q: %w", rcfg.Table, err)
-	}
-
 	var srv *http.Server
 	if d.cfg.MetricsListen != "" {
 		ln, err := net.Listen("tcp", d.cfg.MetricsListen)
@@ -139,6 +117,15 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 		srv = d.metricsServer()
 		go srv.Serve(ln)
+	}
+
+	if err := rules.Install(rcfg); err != nil {
+		if srv != nil {
+			srv.Close()
+		}
+		stopRun()
+		g.Wait()
+		return fmt.Errorf("install nftables table %q: %w", rcfg.Table, err)
 	}
 
 	d.healthy.Store(true)
@@ -152,13 +139,14 @@ func (d *daemon) Run(ctx context.Context) error {
 		runErr = g.Wait()
 	}
 	d.healthy.Store(false)
-	d.log.Info(evShutdown)
-	removeRules()
+	d.log.Info(evShutdown, "table", "inet "+rcfg.Table, "table_kept", true,
+		"note", "the nftables table stays so that new control connections keep their carrier helper"+
+			" (and, with --fail-open=false, their packets wait); 'ftpalg cleanup' removes it")
 	stopRun()
 	if err := g.Wait(); err != nil && runErr == nil {
 		runErr = err
 	}
-	pins.closeAll()
+	pins.stopAll()
 	if srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		srv.Shutdown(sctx)
@@ -168,34 +156,6 @@ func (d *daemon) Run(ctx context.Context) error {
 		runErr = nil
 	}
 	return runErr
-}
-
-// openState loads the sessions an earlier run left (restart persistence, see state.go) and
-// drops those whose control connection is gone. Without a usable directory ftpalg runs on,
-// without persistence, and says so.
-func (d *daemon) openState(ct *conntrack.Conn) *stateStore {
-	dir, err := stateDir()
-	var st *stateStore
-	var n int
-	if err == nil {
-		st, n, err = openState(dir, time.Now())
-	}
-	if err != nil {
-		d.log.Warn(evError, "op", "state", "err", err.Error(), "effect", "sessions rewritten before a restart will not survive it")
-		return nil
-	}
-	gone := 0
-	for k := range st.restore {
-		if _, err := ct.Lookup(conntrack.Tuple{Src: k.client, Dst: k.server}); errors.Is(err, conntrack.ErrNotFound) {
-			st.claim(k)
-			st.remove(k)
-			gone++
-		}
-	}
-	if n > 0 {
-		d.log.Info("state_loaded", "dir", dir, "sessions", n-gone, "gone", gone)
-	}
-	return st
 }
 
 // bindQueue opens queue num for worker w and runs it until ctx ends; done reports how Run

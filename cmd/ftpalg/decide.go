@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -18,8 +19,9 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 	case alg.ActOpen:
 		// The engine counts every ActOpen as a pending pinhole; when none is opened after
 		// all, it must hear so, or the session soon refuses everything as over its limit.
-		if !w.tryOpen(s, d, first, end, now) {
+		if reason, err := w.tryOpen(s, d, first, end, now); reason != "" {
 			s.eng.Release()
+			w.refuse(s, d, reason, err, first, end, now)
 		}
 	case alg.ActReject:
 		reason := d.Reason.String()
@@ -66,17 +68,37 @@ func inRange(sp alg.Span, first, end uint32) bool {
 	return seqLE(first, sp.Seq) && seqLE(sp.Seq+uint32(sp.Len), end)
 }
 
-// tryOpen opens the pinhole for an accepted endpoint unless the session is over its rate; it
-// reports whether a pinhole was opened.
-func (w *worker) tryOpen(s *session, d *alg.Decision, first, end uint32, now time.Time) bool {
+// refuse counts and logs an announced endpoint that ftpalg could not carry, and neutralises
+// the announcing command or reply like a refused one: the peer must not act on an endpoint no
+// pinhole leads to, nor see an untranslated private address.
+func (w *worker) refuse(s *session, d *alg.Decision, reason string, err error, first, end uint32, now time.Time) {
+	w.m.rejections.WithLabelValues(reason).Inc()
+	attrs := []slog.Attr{slog.String("cmd", d.Cmd.String()), slog.String("reason", reason),
+		slog.String("announced", d.Endpoint.String())}
+	if err != nil {
+		attrs = append(attrs, slog.String("err", err.Error()))
+	}
+	switch {
+	case d.Neutral.Len > 0 && inRange(d.Neutral, first, end):
+		w.edits = append(w.edits, nat.Edit{Seq: d.Neutral.Seq, Len: d.Neutral.Len, New: []byte(d.NeutralWith)})
+		attrs = append(attrs, slog.String("action", "neutralized"))
+	case d.Neutral.Len > 0:
+		attrs = append(attrs, slog.String("action", "passed_split"))
+	}
+	if s.rejLog.allow(now, maxRejectLogs) {
+		if n := s.rejLog.takeDropped(); n > 0 {
+			attrs = append(attrs, slog.Int("suppressed", n))
+		}
+		w.logEvent(evRejected, s.key, attrs...)
+	}
+}
+
+// tryOpen opens the pinhole for an accepted endpoint unless the session is over its rate. It
+// returns the reason ("" when a pinhole was opened) and the kernel's error, if any.
+func (w *worker) tryOpen(s *session, d *alg.Decision, first, end uint32, now time.Time) (string, error) {
 	if !s.pinRate.take(now, maxPinholeRate, maxPinholeBurst) {
 		// A client announcing endpoints faster than any transfer could use them.
-		w.m.rejections.WithLabelValues("rate_limit").Inc()
-		if s.rejLog.allow(now, maxRejectLogs) {
-			w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "rate_limit"),
-				slog.Int("burst", maxPinholeBurst), slog.Int("per_second", maxPinholeRate), slog.Int("suppressed", s.rejLog.takeDropped()))
-		}
-		return false
+		return "rate_limit", nil
 	}
 	return w.open(s, d, first, end)
 }
@@ -84,16 +106,15 @@ func (w *worker) tryOpen(s *session, d *alg.Decision, first, end uint32, now tim
 // open applies the pinhole rule (DESIGN.md) to an accepted endpoint E announced by the sender:
 // the peer is told how it sees the sender (E'), the expectation peer → E' is created before the
 // packet is released, with NAT back to the sender's own address when E' differs from it, and
-// the text is rewritten when E' differs from what was announced.
-func (w *worker) open(s *session, d *alg.Decision, first, end uint32) bool {
+// the text is rewritten when E' differs from what was announced. A rewrite that changes the
+// length is registered in the kernel's sequence adjustment first; when the kernel will not
+// carry it, nothing is opened.
+func (w *worker) open(s *session, d *alg.Decision, first, end uint32) (string, error) {
 	if !s.haveFlow {
 		w.lookupFlow(s)
 	}
 	if !s.haveFlow {
-		w.m.rejections.WithLabelValues("no_conntrack").Inc()
-		w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "no_conntrack"),
-			slog.String("announced", d.Endpoint.String()))
-		return false
+		return "no_conntrack", nil
 	}
 	f := s.flow
 	e := d.Endpoint
@@ -129,10 +150,7 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) bool {
 	}
 	if err != nil {
 		w.m.kernelErrors.WithLabelValues("create_expect").Inc()
-		w.m.rejections.WithLabelValues("pinhole_failed").Inc()
-		w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "pinhole_failed"),
-			slog.String("announced", e.String()), slog.String("err", err.Error()))
-		return false
+		return "pinhole_failed", err
 	}
 
 	// The text changes when what the peer must use differs from what was announced: the
@@ -143,21 +161,16 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) bool {
 			// The announcing text was released before the line completed (a split the hold
 			// could not join): the peer would act on the untranslated endpoint.
 			w.deleteExpect(exp)
-			w.m.rejections.WithLabelValues("unrewritable").Inc()
-			w.logEvent(evRejected, s.key, slog.String("cmd", d.Cmd.String()), slog.String("reason", "unrewritable"),
-				slog.String("announced", e.String()))
-			return false
+			return "unrewritable", nil
 		}
 		start := len(w.text)
 		w.text = alg.AppendEndpoint(w.text, d, to)
 		repl := w.text[start:]
-		if len(repl) != d.Text.Len && !s.liberal {
-			// Conntrack's window tracking would mark the resized stream INVALID (DESIGN.md).
-			if err := w.k.SetLiberal(f); err != nil {
-				w.m.kernelErrors.WithLabelValues("set_liberal").Inc()
-				w.logEvent(evError, s.key, slog.String("op", "set_liberal"), slog.String("err", err.Error()))
-			} else {
-				s.liberal = true
+		if delta := len(repl) - d.Text.Len; delta != 0 {
+			if reason, err := w.resize(s, d.Dir, first, int32(delta)); reason != "" {
+				w.text = w.text[:start]
+				w.deleteExpect(exp)
+				return reason, err
 			}
 		}
 		w.edits = append(w.edits, nat.Edit{Seq: d.Text.Seq, Len: d.Text.Len, New: repl})
@@ -171,7 +184,36 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) bool {
 	if replaced := w.pins.open(w, s.key, exp, d.Cmd.String(), d.Loose); replaced {
 		s.eng.Release()
 	}
-	return true
+	return "", nil
+}
+
+// resize registers, before the packet is released, that the stream of direction dir grows by
+// delta bytes in the segment starting at first (the packet being handled, joined or not): the
+// kernel then shifts every later packet of both directions. The first time for a session it
+// reads the entry back to prove the kernel keeps it; a stream whose entry lacks the sequence
+// adjustment extension is never resized ("no_seqadj"). A packet that would outgrow the egress
+// MTU is refused too ("too_big"): ftpalg never fragments.
+func (w *worker) resize(s *session, dir alg.Dir, first uint32, delta int32) (string, error) {
+	grown := int(delta)
+	for i := range w.edits {
+		grown += len(w.edits[i].New) - w.edits[i].Len
+	}
+	if n := len(w.pkt.Bytes()) + grown; grown > 0 && n > w.maxLen() {
+		return "too_big", fmt.Errorf("%d-byte packet would become %d bytes (egress MTU %d)", len(w.pkt.Bytes()), n, w.maxLen())
+	}
+	next := s.adj[dir].Next(first, delta)
+	if err := w.k.SetSeqAdj(s.flow, w.ctDir(s, dir), next, !s.adjProven); err != nil {
+		if errors.Is(err, conntrack.ErrNoSeqAdj) {
+			return "no_seqadj", err
+		}
+		w.m.kernelErrors.WithLabelValues("set_seqadj").Inc()
+		return "seqadj_failed", err
+	}
+	if !w.adjDirty {
+		w.adjDirty, w.adjBefore = true, s.adj[dir]
+	}
+	s.adj[dir], s.adjProven = next, true
+	return "", nil
 }
 
 func (w *worker) deleteExpect(e conntrack.Expectation) {

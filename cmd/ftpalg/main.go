@@ -3,6 +3,7 @@
 //	ftpalg run       inspect FTP control connections through NFQUEUE and open pinholes
 //	ftpalg rules     print the nftables ruleset that run installs
 //	ftpalg pinholes  list the pinholes (conntrack expectations) open now
+//	ftpalg cleanup   remove what run installed: its nftables table and its pinholes
 //	ftpalg version   print the version
 //
 // See README.md for the operator's guide and DESIGN notes for the mechanism.
@@ -34,6 +35,7 @@ commands:
   run        inspect FTP control connections and open pinholes (needs CAP_NET_ADMIN)
   rules      print the nftables ruleset that run installs
   pinholes   list the pinholes open now (from the kernel)
+  cleanup    remove what run installed and left in place: its nftables table, its pinholes
   version    print the version
 
 Run 'ftpalg <command> -h' for the flags of a command.
@@ -64,6 +66,12 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "pinholes":
 		return cmdPinholes(stdout, stderr)
+	case "cleanup":
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "ftpalg: cleanup takes no arguments\n")
+			return 2
+		}
+		return cmdCleanup(stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "ftpalg %s\n", version)
 		return 0
@@ -245,5 +253,43 @@ func cmdPinholes(stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "%-40s %-46s %-46s %s -> %s\n", e.Src, e.Dst, natTo, e.Master.Src, e.Master.Dst)
 	}
+	return 0
+}
+
+// cmdCleanup removes everything run installed and leaves in place across restarts: the
+// nftables table (carrier helper, queue rules) and the pinholes (expectations on carrier
+// masters). Sequence adjustments of live connections stay: they belong to the connections,
+// and removing them would break the sessions ftpalg resized. Removing what is already gone is
+// not an error, so a second cleanup also exits 0.
+func cmdCleanup(stdout, stderr io.Writer) int {
+	cfg := &config{}
+	if err := rules.Remove(cfg.rules()); err != nil {
+		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "removed table inet %s (if present)\n", cfg.rules().Table)
+	c, err := conntrack.Dial()
+	if err != nil {
+		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
+		return 1
+	}
+	defer c.Close()
+	exps, err := c.ListExpect()
+	if err != nil {
+		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
+		return 1
+	}
+	n := 0
+	for _, e := range exps {
+		switch err := c.DeleteExpect(e); {
+		case err == nil:
+			n++
+		case errors.Is(err, conntrack.ErrNotFound):
+		default:
+			fmt.Fprintf(stderr, "ftpalg: %v\n", err)
+			return 1
+		}
+	}
+	fmt.Fprintf(stdout, "removed %d pinholes\n", n)
 	return 0
 }

@@ -79,13 +79,19 @@ func (p *pinholes) open(w *worker, sess sessKey, exp conntrack.Expectation, cmd 
 	if old != nil {
 		p.removeLocked(old)
 	}
-	if prev := p.byKey[ph.key]; prev != nil {
+	prev := p.byKey[ph.key]
+	if prev != nil {
+		// The kernel refused a duplicate tuple, so the earlier one is gone (used or expired
+		// with its event still on the way): its session must hear it.
 		p.removeLocked(prev)
 	}
 	p.byKey[ph.key] = ph
 	p.bySess[sess] = ph
 	ph.timer = time.AfterFunc(p.timeout, func() { p.expire(ph) })
 	p.mu.Unlock()
+	if prev != nil && prev != old {
+		prev.release(p.ctx)
+	}
 
 	if old != nil {
 		p.m.pinholesClosed.WithLabelValues("replaced").Inc()
@@ -143,7 +149,14 @@ func (p *pinholes) expire(ph *pinhole) {
 		p.m.kernelErrors.WithLabelValues("delete_expect").Inc()
 		p.log.LogAttrs(p.ctx, slog.LevelWarn, evError, p.attrs(ph, slog.String("op", "delete_expect"), slog.String("err", err.Error()))...)
 	}
-	ph.w.send(p.ctx, ctlMsg{kind: ctlRelease, key: ph.sess})
+	ph.release(p.ctx)
+}
+
+// release tells the owning worker that the pinhole is gone (adopted pinholes have none).
+func (ph *pinhole) release(ctx context.Context) {
+	if ph.w != nil {
+		ph.w.send(ctx, ctlMsg{kind: ctlRelease, key: ph.sess})
+	}
 }
 
 // used handles a new conntrack entry that has a master: a data connection through a pinhole.
@@ -155,7 +168,7 @@ func (p *pinholes) used(f conntrack.Flow) {
 	}
 	p.m.pinholesUsed.Inc()
 	p.log.LogAttrs(p.ctx, slog.LevelInfo, evPinholeUsed, p.attrs(ph, slog.String("data", f.Orig.Src.String()+" -> "+f.Orig.Dst.String()))...)
-	ph.w.send(p.ctx, ctlMsg{kind: ctlRelease, key: ph.sess})
+	ph.release(p.ctx)
 }
 
 // sessionGone forgets the session's pending pinhole: the kernel removes a master's
@@ -169,7 +182,47 @@ func (p *pinholes) sessionGone(sess sessKey) {
 	p.log.LogAttrs(p.ctx, slog.LevelInfo, evPinholeClosed, p.attrs(ph, slog.String("reason", "session_closed"))...)
 }
 
-// closeAll deletes every pinhole still open (on shutdown).
+// carrierTimeout is the kernel's own timeout of a pinhole: the carrier helper's policy.
+const carrierTimeout = 300 * time.Second
+
+// adopt takes over pinholes an earlier run left in the kernel (a restart, or conntrackd's
+// expectation sync on a backup router): each is deleted at --pinhole-timeout after it was
+// opened, its age known from the time the kernel has left on it.
+func (p *pinholes) adopt(exps []conntrack.Expectation) {
+	now := p.now()
+	for _, e := range exps {
+		age := carrierTimeout - e.Timeout
+		left := max(p.timeout-age, 0)
+		sess := sessKey{client: e.Master.Src, server: e.Master.Dst}
+		ph := &pinhole{key: pinKey{src: e.Src, dst: e.Dst}, exp: e, sess: sess, cmd: "adopted",
+			opened: now.Add(-age), expires: now.Add(left)}
+		p.mu.Lock()
+		if p.byKey[ph.key] != nil {
+			p.mu.Unlock()
+			continue
+		}
+		p.byKey[ph.key] = ph
+		ph.timer = time.AfterFunc(left, func() { p.expire(ph) })
+		p.mu.Unlock()
+		p.log.LogAttrs(p.ctx, slog.LevelInfo, evPinholeOpen, p.attrs(ph,
+			slog.String("expires", ph.expires.UTC().Format(time.RFC3339Nano)), slog.Bool("adopted", true))...)
+	}
+}
+
+// stopAll stops the timers at shutdown and leaves the pinholes in the kernel: a data
+// connection announced just before a restart still gets through, and the next run adopts
+// what is left (the kernel's own timeout is the backstop meanwhile).
+func (p *pinholes) stopAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ph := range p.byKey {
+		ph.timer.Stop()
+	}
+	clear(p.byKey)
+	clear(p.bySess)
+}
+
+// closeAll deletes every pinhole ftpalg tracks (cleanup and tests).
 func (p *pinholes) closeAll() {
 	p.mu.Lock()
 	all := make([]*pinhole, 0, len(p.byKey))

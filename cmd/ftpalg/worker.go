@@ -19,7 +19,7 @@ import (
 // tests use a fake.
 type kernel interface {
 	Lookup(seen conntrack.Tuple) (conntrack.Flow, error)
-	SetLiberal(f conntrack.Flow) error
+	SetSeqAdj(f conntrack.Flow, d conntrack.Dir, a conntrack.SeqAdj, verify bool) error
 	CreateExpect(e conntrack.Expectation) error
 	DeleteExpect(e conntrack.Expectation) error
 }
@@ -33,8 +33,9 @@ type verdicter interface {
 const (
 	holdTimeout     = 250 * time.Millisecond // how long a segment ending mid-command waits for the next
 	maxHoldTotal    = time.Second            // how long a command dribbled over many segments is held
-	closedLinger    = 10 * time.Second       // a closed session keeps adjusting late FIN/ACK retransmissions
-	idleTimeout     = 2 * time.Hour          // a session with no packet for this long is forgotten
+	closedLinger    = 10 * time.Second       // a closed session keeps re-altering late retransmissions
+	idleCheck       = 10 * time.Minute       // a session silent this long is looked up in conntrack
+	maxIdleChecks   = 256                    // lookups per sweep (every 5 s), bounding the sweep's cost
 	maxSessions     = 1 << 17                // per worker
 	maxPerClient    = 256                    // sessions per client address, per worker
 	maxPortTries    = 16                     // other ports tried when an expectation collides
@@ -79,16 +80,20 @@ type session struct {
 	nat      nat.Conn
 	flow     conntrack.Flow
 	haveFlow bool
-	liberal  bool
-	lastSeen time.Time
-	closedAt time.Time
-	held     [2]*held
+	// adj is the kernel's sequence adjustment of each direction (by alg.Dir), as registered
+	// by this run or read from the conntrack entry; adjProven is set once the entry is known
+	// to carry it (read back after the first registration, or found set).
+	adj       [2]conntrack.SeqAdj
+	adjProven bool
+	midStream bool // first seen without its SYN (a restart, a failover): rebuilt from conntrack
+	lastSeen  time.Time
+	closedAt  time.Time
+	held      [2]*held
 
 	closeLogged bool
 	uncounted   bool   // no longer counted in perClient
 	pinRate     bucket // pinholes opened
 	rejLog      gate   // rejected events logged per second (all are counted)
-	persisted   bool   // a state file exists for this session
 	rewrites    int
 	pinholes    int
 }
@@ -116,7 +121,6 @@ type worker struct {
 	k     kernel
 	q     verdicter
 	pins  *pinholes
-	st    *stateStore // nil: no restart persistence
 	log   *slog.Logger
 	m     *metrics
 	ctl   chan ctlMsg
@@ -139,6 +143,10 @@ type worker struct {
 	joined []byte
 	mtus   map[uint32]int
 	mtuAt  time.Time
+	// The adjustment the packet being handled registered: adjBefore is what its direction had
+	// before, to undo it should the packet not be released rewritten.
+	adjDirty  bool
+	adjBefore conntrack.SeqAdj
 	warn   gate // per-packet warnings and notes, maxWarnLogs a second
 }
 
@@ -218,8 +226,8 @@ func (w *worker) run(ctx context.Context) error {
 	}
 }
 
-// drain gives every held packet a verdict before the queue closes and ends the sessions
-// (saving the state of resized ones for the next run).
+// drain gives every held packet a verdict before the queue closes and forgets the sessions:
+// their truth (the sequence adjustment) is in the kernel, where the next run finds it.
 func (w *worker) drain() {
 	w.releaseHeld(time.Now(), true)
 	for _, s := range w.sessions {
@@ -323,6 +331,7 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 
 	w.edits = w.edits[:0]
 	w.text = w.text[:0]
+	w.adjDirty = false
 	end := seq + plen
 	for i := range w.dec {
 		w.decide(s, &w.dec[i], first, end, now)
@@ -426,17 +435,12 @@ func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
 		d = nat.Reply
 	}
 	out, changed, err := s.nat.Apply(&w.pkt, d, w.edits, w.maxLen(), w.out[:0])
-	if err != nil && len(w.edits) > 0 {
-		// The rewrite cannot be released (e.g. it would exceed the MTU): release the packet with
-		// only the sequence adjustment and say why the announced endpoint was not rewritten.
-		w.logEvent(evError, s.key, slog.String("err", err.Error()), slog.String("op", "rewrite"))
-		out, changed, err = s.nat.Apply(&w.pkt, d, nil, w.maxLen(), w.out[:0])
-	}
 	if err != nil {
-		w.logWarn(s.key, "adjust", err)
-		if s.nat.Active() {
-			// Released as it is, the packet would carry unadjusted numbers or unrewritten bytes
-			// into a stream that is already shifted: drop it and let TCP retransmit.
+		w.logWarn(s.key, "rewrite", err)
+		if w.adjDirty {
+			// The kernel already shifts for a resize this packet will not carry: undo that
+			// and drop the packet (TCP retransmits it; its command is lost, never wedged).
+			w.restoreAdj(s, dir)
 			w.drop(id)
 			return
 		}
@@ -448,11 +452,27 @@ func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
 	} else {
 		w.accept(id, nil, w.m.pAccept)
 	}
-	if len(w.edits) > 0 {
-		// Right after the verdict, not before: the file write is off the packet's latency
-		// (a crash in the microseconds between loses that one session's deltas).
-		w.persist(s)
+}
+
+// restoreAdj registers again the adjustment direction dir had before this packet.
+func (w *worker) restoreAdj(s *session, dir alg.Dir) {
+	w.adjDirty = false
+	s.adj[dir] = w.adjBefore
+	if err := w.k.SetSeqAdj(s.flow, w.ctDir(s, dir), w.adjBefore, false); err != nil {
+		w.m.kernelErrors.WithLabelValues("set_seqadj").Inc()
+		w.logWarn(s.key, "set_seqadj", err)
 	}
+}
+
+// ctDir is the conntrack direction of the packets of direction dir: the client's are the
+// original direction unless conntrack picked the connection up from a server packet (after a
+// table flush).
+func (w *worker) ctDir(s *session, dir alg.Dir) conntrack.Dir {
+	clientOrig := !s.haveFlow || s.flow.Orig.Src == s.key.client || s.flow.Reply.Dst == s.key.client
+	if (dir == alg.FromClient) == clientOrig {
+		return conntrack.Original
+	}
+	return conntrack.Reply
 }
 
 func (w *worker) accept(id uint32, altered []byte, c interface{ Inc() }) {
@@ -495,8 +515,6 @@ func (w *worker) releaseOne(s *session, dir alg.Dir) {
 	}
 	out, changed, err := s.nat.Apply(&w.hpkt, d, nil, w.maxLen(), w.out[:0])
 	switch {
-	case err != nil && s.nat.Active():
-		w.drop(h.id)
 	case err != nil:
 		w.accept(h.id, h.bytes, w.m.pAccept)
 	case changed:
@@ -531,44 +549,19 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		}
 		return nil
 	}
-	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now}
+	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now, midStream: !syn}
 	w.sessions[key] = s
 	w.perClient[key.client.Addr()]++
 	w.m.sessions.Inc()
 	w.m.sessionsTotal.Inc()
-	restored := false
-	if saved, ok := w.st.claim(key); ok {
-		// A connection met again after a restart. A SYN means the 4-tuple was reused by a new
-		// connection: the saved state belongs to a dead one.
-		if !syn {
-			if err := s.nat.UnmarshalBinary(saved.NAT); err != nil {
-				w.logEvent(evError, key, slog.String("op", "restore_state"), slog.String("err", err.Error()))
-			} else {
-				s.liberal, s.persisted, restored = saved.Liberal, true, true
-			}
-		}
-		if !restored {
-			w.st.remove(key)
-		}
+	if !syn {
+		// Met mid-stream (ftpalg restarted, or took over from another router): what the
+		// session needs of its past is in its conntrack entry.
+		w.lookupFlow(s)
 	}
-	w.logEvent(evSessionOpen, key, slog.Int("worker", w.id), slog.Bool("restored", restored))
+	w.logEvent(evSessionOpen, key, slog.Int("worker", w.id), slog.Bool("restored", !syn),
+		slog.Bool("adjusting", s.adjProven))
 	return s
-}
-
-// persist saves the session's rewriting state so that a restarted ftpalg can go on adjusting.
-func (w *worker) persist(s *session) {
-	if w.st == nil || !s.nat.Active() {
-		return
-	}
-	b, err := s.nat.MarshalBinary()
-	if err == nil {
-		err = w.st.save(sessionState{Client: s.key.client, Server: s.key.server, Liberal: s.liberal, NAT: b, Saved: time.Now()})
-	}
-	if err != nil {
-		w.logWarn(s.key, "save_state", err)
-		return
-	}
-	s.persisted = true
 }
 
 func (w *worker) lookupFlow(s *session) {
@@ -582,13 +575,19 @@ func (w *worker) lookupFlow(s *session) {
 	if a := f.Orig.Dst.Addr(); a != s.key.server.Addr() && a != s.key.client.Addr() {
 		s.eng.SetServerAlias(a)
 	}
-	if s.nat.Active() && !s.liberal {
-		// A resized stream on a new conntrack entry (after a restart or a flush).
-		if err := w.k.SetLiberal(f); err != nil {
-			w.m.kernelErrors.WithLabelValues("set_liberal").Inc()
-		} else {
-			s.liberal = true
+	if f.Adjusting && !s.adjProven {
+		// A stream resized before this run (or on the other router): the kernel carries the
+		// adjustment; later resizes build on it.
+		for _, dir := range []alg.Dir{alg.FromClient, alg.FromServer} {
+			a := f.SeqAdj[w.ctDir(s, dir)]
+			s.adj[dir] = a
+			d := nat.Original
+			if dir == alg.FromServer {
+				d = nat.Reply
+			}
+			s.nat.Restore(d, a.After)
 		}
+		s.adjProven = true
 	}
 }
 
@@ -603,14 +602,11 @@ func (w *worker) removeSession(s *session, reason string) {
 		delete(w.byOrig, s.flow.Orig)
 	}
 	w.uncountClient(s)
-	w.pins.sessionGone(s.key)
-	w.m.sessions.Dec()
-	switch {
-	case reason == "shutdown":
-		w.persist(s) // the next run takes over
-	case s.persisted:
-		w.st.remove(s.key)
+	if reason != "shutdown" {
+		// At shutdown the pinholes stay in the kernel: the next run adopts them.
+		w.pins.sessionGone(s.key)
 	}
+	w.m.sessions.Dec()
 	if !s.closeLogged {
 		w.logClose(s, reason)
 	}
@@ -651,27 +647,31 @@ func (w *worker) control(m ctlMsg, now time.Time) {
 		if s == nil {
 			return
 		}
-		if s.nat.Active() && s.closedAt.IsZero() {
-			// The entry is gone (conntrack -F, table pressure) but the connection may live on:
-			// the kernel picks it up again from its next packet. Its stream is resized, so
-			// the deltas must stay; the new entry is looked up (and made liberal) anew.
-			delete(w.byOrig, m.orig)
-			s.haveFlow, s.liberal = false, false
-			w.logEvent(evNote, s.key, slog.String("reason", "conntrack_gone_kept"))
-			return
-		}
+		// The session's truth went with its entry (its sequence adjustment among it). If the
+		// connection lives on, the kernel picks it up from its next packet and so does ftpalg,
+		// as a session met mid-stream.
 		w.removeSession(s, "conntrack_gone")
 	}
 }
 
-// sweep forgets sessions that closed a while ago or went idle.
+// sweep forgets sessions that closed a while ago, and those whose conntrack entry is gone
+// although no event said so (the kernel drops events when ftpalg's socket is full). A session
+// is never forgotten on a timer while conntrack still tracks its connection: a control
+// connection may stay silent for hours while its transfer runs, and its stream may be resized.
 func (w *worker) sweep(now time.Time) {
+	checks := 0
 	for _, s := range w.sessions {
 		switch {
 		case !s.closedAt.IsZero() && now.Sub(s.closedAt) >= closedLinger:
 			w.removeSession(s, "closed")
-		case now.Sub(s.lastSeen) >= idleTimeout:
-			w.removeSession(s, "idle")
+		case s.closedAt.IsZero() && now.Sub(s.lastSeen) >= idleCheck && checks < maxIdleChecks:
+			checks++
+			t := conntrack.Tuple{Src: s.key.client, Dst: s.key.server}
+			if _, err := w.k.Lookup(t); errors.Is(err, conntrack.ErrNotFound) {
+				w.removeSession(s, "conntrack_gone")
+				continue
+			}
+			s.lastSeen = now // still tracked (or unknown): ask again after another idleCheck
 		}
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -28,7 +27,8 @@ type fakeKernel struct {
 	flows    map[conntrack.Tuple]conntrack.Flow
 	expects  []conntrack.Expectation
 	deleted  []conntrack.Expectation
-	liberal  int
+	adjs     []adjCall
+	noSeqAdj bool                    // the entry lacks the seqadj extension (no NAT after the helper)
 	busyPort map[netip.AddrPort]bool // expectation destinations that collide
 	refuse   int                     // CreateExpect calls still to refuse (no carrier helper)
 }
@@ -42,11 +42,31 @@ func (k *fakeKernel) Lookup(seen conntrack.Tuple) (conntrack.Flow, error) {
 	return conntrack.Flow{}, conntrack.ErrNotFound
 }
 
-func (k *fakeKernel) SetLiberal(conntrack.Flow) error {
+type adjCall struct {
+	dir    conntrack.Dir
+	adj    conntrack.SeqAdj
+	verify bool
+}
+
+func (k *fakeKernel) SetSeqAdj(f conntrack.Flow, d conntrack.Dir, a conntrack.SeqAdj, verify bool) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.liberal++
-	return nil
+	k.adjs = append(k.adjs, adjCall{d, a, verify})
+	for key, fl := range k.flows {
+		if fl.Orig != f.Orig {
+			continue
+		}
+		if k.noSeqAdj {
+			if verify {
+				return conntrack.ErrNoSeqAdj
+			}
+			return nil
+		}
+		fl.SeqAdj[d], fl.Adjusting = a, true
+		k.flows[key] = fl
+		return nil
+	}
+	return conntrack.ErrNotFound
 }
 
 func (k *fakeKernel) CreateExpect(e conntrack.Expectation) error {
@@ -270,28 +290,29 @@ func TestActiveModeBehindSNAT(t *testing.T) {
 	if diff := cmp.Diff(want, h.k.expects, equateNetip); diff != "" {
 		t.Errorf("expectations (-want +got):\n%s", diff)
 	}
-	if h.k.liberal != 1 {
-		t.Errorf("SetLiberal called %d times, want 1 (the rewrite grew the segment)", h.k.liberal)
+	// The kernel carries the resize: registered before the release, read back once.
+	wantAdj := []adjCall{{conntrack.Original, conntrack.SeqAdj{Pos: portSeq, Before: 0, After: 2}, true}}
+	if diff := cmp.Diff(wantAdj, h.k.adjs, cmp.AllowUnexported(adjCall{})); diff != "" {
+		t.Errorf("SetSeqAdj calls (-want +got):\n%s", diff)
 	}
 
-	// The server acknowledges the rewritten (2 bytes longer) stream; the client must see its
-	// own numbering.
+	// Later packets of both directions pass as they are: the kernel shifts their numbers.
 	growth := uint32(len("198,51,100,1,4,1") - len("192,0,2,10,4,1"))
 	sv := onlyVerdict(t, h.send(tcpPacket(t, server, client, h.sseq, h.cseq+growth, false, false, "200 PORT ok\r\n")))
 	h.sseq += uint32(len("200 PORT ok\r\n"))
-	if sv.altered == nil {
-		t.Fatal("server's reply released unchanged: its ack would be 2 bytes too far for the client")
+	if sv.altered != nil {
+		t.Errorf("server's reply altered: the kernel maps its ack")
 	}
-	if _, tcp := decoded(t, sv.altered); tcp.Ack != h.cseq {
-		t.Errorf("ack seen by the client = %d, want %d", tcp.Ack, h.cseq)
+	if cv := onlyVerdict(t, h.fromClient("RETR f\r\n")); cv.altered != nil {
+		t.Errorf("client's next command altered: the kernel shifts its seq")
 	}
-	// The client's next command is shifted forward.
-	cv := onlyVerdict(t, h.fromClient("RETR f\r\n"))
-	if cv.altered == nil {
-		t.Fatal("client's next command released unchanged: its seq would overlap the rewritten bytes")
+	// A retransmission of the rewritten segment goes out rewritten the same way.
+	rv := onlyVerdict(t, h.send(tcpPacket(t, client, server, portSeq, h.sseq, false, false, "PORT 192,0,2,10,4,1\r\n")))
+	if _, tcp := decoded(t, rv.altered); string(tcp.Payload) != "PORT 198,51,100,1,4,1\r\n" || tcp.Seq != portSeq {
+		t.Errorf("retransmission released as %q at %d", tcp.Payload, tcp.Seq)
 	}
-	if _, tcp := decoded(t, cv.altered); tcp.Seq != h.cseq-uint32(len("RETR f\r\n"))+growth {
-		t.Errorf("seq of the next command = %d, want %d", tcp.Seq, h.cseq-uint32(len("RETR f\r\n"))+growth)
+	if len(h.k.adjs) != 1 {
+		t.Errorf("the retransmission registered another adjustment: %+v", h.k.adjs)
 	}
 
 	ph := h.events(evPinholeOpen)
@@ -394,8 +415,8 @@ func TestPassiveBehindSNATNoRewrite(t *testing.T) {
 	if diff := cmp.Diff(want, h.k.expects, equateNetip); diff != "" {
 		t.Errorf("expectations (-want +got):\n%s", diff)
 	}
-	if h.k.liberal != 0 {
-		t.Errorf("SetLiberal called without a length change")
+	if len(h.k.adjs) != 0 {
+		t.Errorf("SetSeqAdj called without a length change: %+v", h.k.adjs)
 	}
 }
 
@@ -493,62 +514,81 @@ func TestRunFlags(t *testing.T) {
 	}
 }
 
-func TestRestartKeepsSequenceAdjustment(t *testing.T) {
-	dir := t.TempDir()
-	st, _, err := openState(dir, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+// TestRestartRebuildsFromConntrack: kill -9 after a resize; the next run meets the connection
+// mid-stream and takes what it needs from the conntrack entry: the kernel keeps shifting (no
+// packet is altered), and the next resize builds on the adjustment the kernel has.
+func TestRestartRebuildsFromConntrack(t *testing.T) {
 	h := newHarness(t, nil)
-	h.w.st = st
 	h.handshake()
 	h.fromServer("220 ready\r\n")
-	h.fromClient("PORT 192,0,2,10,4,1\r\n") // grows by 2: the state is saved
-	growth := uint32(2)
+	h.fromClient("PORT 192,0,2,10,4,1\r\n") // +2, registered in the kernel
+	h.fromServer("200 ok\r\n")
 
-	// kill -9: the worker is gone without a shutdown. A new run loads the directory.
-	st2, n, err := openState(dir, time.Now())
-	if err != nil || n != 1 {
-		t.Fatalf("openState after restart = %d sessions, %v; want 1", n, err)
-	}
 	h2 := newHarness(t, nil)
-	h2.w.st = st2
+	h2.k = h.k
+	h2.w.k, h2.pins.k = h.k, h.k
 	h2.cseq, h2.sseq = h.cseq, h.sseq
-	// The server's next packet acknowledges the rewritten stream: the client must see its own
-	// numbering, as before the restart.
-	v := onlyVerdict(t, h2.send(tcpPacket(t, server, client, h2.sseq, h2.cseq+growth, false, false, "200 ok\r\n")))
-	if v.altered == nil {
-		t.Fatal("after restart the server's ack was released unadjusted")
+	if v := onlyVerdict(t, h2.fromClient("NOOP\r\n")); v.altered != nil {
+		t.Error("after the restart a packet was altered: the kernel shifts it")
 	}
-	if _, tcp := decoded(t, v.altered); tcp.Ack != h2.cseq {
-		t.Errorf("ack after restart = %d, want %d", tcp.Ack, h2.cseq)
+	if ev := h2.events(evSessionOpen); len(ev) != 1 || ev[0]["restored"] != true || ev[0]["adjusting"] != true {
+		t.Errorf("session_open after restart = %v, want restored and adjusting", ev)
 	}
-	if ev := h2.events(evSessionOpen); len(ev) != 1 || ev[0]["restored"] != true {
-		t.Errorf("session_open after restart = %v, want restored=true", ev)
+	h2.fromServer("200 ok\r\n")
+	seq := h2.cseq
+	v := onlyVerdict(t, h2.fromClient("PORT 192,0,2,10,4,2\r\n"))
+	if _, tcp := decoded(t, v.altered); string(tcp.Payload) != "PORT 198,51,100,1,4,2\r\n" {
+		t.Errorf("PORT after restart released as %q", tcp.Payload)
 	}
-
-	// A clean end of the session removes its file.
-	h2.w.removeSession(h2.w.sessions[sessKey{client, server}], "fin")
-	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
-		t.Errorf("state files left after the session ended: %v", ents)
+	want := adjCall{conntrack.Original, conntrack.SeqAdj{Pos: seq, Before: 2, After: 4}, false}
+	if got := h.k.adjs[len(h.k.adjs)-1]; got != want {
+		t.Errorf("adjustment after restart = %+v, want %+v (building on the kernel's)", got, want)
 	}
 }
 
-func TestSYNDiscardsStaleState(t *testing.T) {
-	dir := t.TempDir()
-	st, _, _ := openState(dir, time.Now())
+// TestIdleSessionIsKeptWhileTracked: a resized session silent for hours (its transfer runs)
+// outlives every sweep while conntrack tracks it, and goes when conntrack no longer does.
+func TestIdleSessionIsKeptWhileTracked(t *testing.T) {
 	h := newHarness(t, nil)
-	h.w.st = st
 	h.handshake()
 	h.fromServer("220 ready\r\n")
 	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	for _, after := range []time.Duration{idleCheck, 2 * time.Hour, 3 * time.Hour, 5 * 24 * time.Hour} {
+		h.w.sweep(h.now.Add(after))
+		if len(h.w.sessions) != 1 {
+			t.Fatalf("the session was forgotten %v later while conntrack still tracks it", after)
+		}
+	}
+	// Its retransmission is still re-altered: nothing of it was dropped.
+	if s := h.w.sessions[sessKey{client, server}]; !s.nat.Active() || !s.adjProven {
+		t.Error("the idle session lost its rewriting state")
+	}
+	delete(h.k.flows, conntrack.Tuple{Src: client, Dst: server})
+	h.w.sweep(h.now.Add(6 * 24 * time.Hour))
+	if len(h.w.sessions) != 0 {
+		t.Error("a session whose conntrack entry is gone survived the sweep")
+	}
+	if ev := h.events(evSessionClose); len(ev) != 1 || ev[0]["reason"] != "conntrack_gone" {
+		t.Errorf("session_close = %v, want reason conntrack_gone", ev)
+	}
+}
 
-	st2, _, _ := openState(dir, time.Now())
-	h2 := newHarness(t, nil)
-	h2.w.st = st2
-	h2.handshake() // the same 4-tuple reused by a new connection
-	if v := onlyVerdict(t, h2.fromServer("220 ready\r\n")); v.altered != nil {
-		t.Errorf("a new connection on a reused 4-tuple was adjusted with a dead one's state")
+// TestNoSeqAdjRefusesTheResize: an entry without the sequence adjustment extension (no NAT
+// after the carrier) is never resized: no pinhole, the PORT neutralised, the reason logged.
+func TestNoSeqAdjRefusesTheResize(t *testing.T) {
+	h := newHarness(t, nil)
+	h.k.noSeqAdj = true
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	v := onlyVerdict(t, h.fromClient("PORT 192,0,2,10,4,1\r\n"))
+	if _, tcp := decoded(t, v.altered); string(tcp.Payload) != "XXXX 192,0,2,10,4,1\r\n" {
+		t.Errorf("PORT released as %q, want it neutralised", tcp.Payload)
+	}
+	if len(h.k.expects) != 0 {
+		t.Errorf("pinhole left open: %+v", h.k.expects)
+	}
+	if rej := h.events(evRejected); len(rej) != 1 || rej[0]["reason"] != "no_seqadj" || rej[0]["action"] != "neutralized" {
+		t.Errorf("rejected = %v, want one no_seqadj, neutralized", rej)
 	}
 }
 
@@ -615,34 +655,21 @@ func TestPortDribbledBytePerSegment(t *testing.T) {
 	}
 }
 
-func TestConntrackFlushKeepsShiftedSession(t *testing.T) {
+// TestConntrackGoneEndsTheSession: the session's truth is its conntrack entry; when the entry
+// is destroyed the session goes, and a packet of a connection that lives on starts a new one
+// met mid-stream.
+func TestConntrackGoneEndsTheSession(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake()
 	h.fromServer("220 ready\r\n")
-	h.fromClient("PORT 192,0,2,10,4,1\r\n") // +2 bytes
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
 	h.w.control(ctlMsg{kind: ctlFlowGone, orig: snatFlow.Orig}, h.now)
-	if len(h.w.sessions) != 1 {
-		t.Fatal("a session with a resized stream was forgotten when its conntrack entry went")
+	if len(h.w.sessions) != 0 {
+		t.Fatal("the session outlived its conntrack entry")
 	}
-	liberal := h.k.liberal
-	v := onlyVerdict(t, h.send(tcpPacket(t, server, client, h.sseq, h.cseq+2, false, false, "200 ok\r\n")))
-	if v.altered == nil {
-		t.Fatal("after the flush the server's ack was released unadjusted")
-	}
-	if _, tcp := decoded(t, v.altered); tcp.Ack != h.cseq {
-		t.Errorf("ack = %d, want %d", tcp.Ack, h.cseq)
-	}
-	if h.k.liberal != liberal+1 {
-		t.Errorf("the new conntrack entry was not made liberal")
-	}
-
-	// A session that never resized its stream is simply forgotten.
-	h2 := newHarness(t, nil)
-	h2.handshake()
-	h2.fromServer("220 ready\r\n")
-	h2.w.control(ctlMsg{kind: ctlFlowGone, orig: snatFlow.Orig}, h2.now)
-	if len(h2.w.sessions) != 0 {
-		t.Error("an unshifted session outlived its conntrack entry")
+	h.fromServer("200 ok\r\n")
+	if ev := h.events(evSessionOpen); len(ev) != 2 || ev[1]["restored"] != true {
+		t.Errorf("session_open after the entry went = %v, want a second, restored", ev)
 	}
 }
 
@@ -762,5 +789,15 @@ func TestDeclinedOpensDoNotExhaustTheSessionLimit(t *testing.T) {
 	h.fromClient("PORT 192,0,2,10,4,1\r\n")
 	if len(h.k.expects) != 1 {
 		t.Errorf("after 8 refused pinholes the session opens none: %v\n%s", h.k.expects, h.logs)
+	}
+	// Each refused one reached the server neutralised (never with the private address).
+	rej := h.events(evRejected)
+	if len(rej) != 8 {
+		t.Fatalf("got %d rejected lines, want 8", len(rej))
+	}
+	for _, r := range rej {
+		if r["reason"] != "pinhole_failed" || r["action"] != "neutralized" {
+			t.Errorf("rejected = %v, want pinhole_failed, neutralized", r)
+		}
 	}
 }

@@ -216,21 +216,42 @@ func (d *Daemon) WaitFor(ctx context.Context, mark int, n int, name string, keep
 	}
 }
 
-// ErrTableLeft means ftpalg exited but its nftables table is still there.
-var ErrTableLeft = errors.New("table inet ftpalg still present after exit")
+// ErrTableGone means ftpalg exited on SIGTERM and took its nftables table with it: the table
+// must stay across restarts (a connection opened meanwhile keeps its carrier helper).
+var ErrTableGone = errors.New("table inet ftpalg gone after a SIGTERM exit (it must stay until 'ftpalg cleanup')")
 
-// Stop sends SIGTERM and checks the contract: exit status 0 within a few seconds and the
-// table inet ftpalg removed.
+// Stop sends SIGTERM and checks the contract: exit status 0 within 5 seconds, the table inet
+// ftpalg left in place.
 func (d *Daemon) Stop() error {
-	clean := d.Proc.Stop(syscall.SIGTERM, 8*time.Second)
+	clean := d.Proc.Stop(syscall.SIGTERM, 5*time.Second)
 	if !clean {
-		return fmt.Errorf("ftpalg did not exit within 8s of SIGTERM (killed); stderr %q", d.Stderr.String())
+		return fmt.Errorf("ftpalg did not exit within 5s of SIGTERM (killed); stderr %q", d.Stderr.String())
 	}
 	if err := d.Proc.Err(); err != nil {
 		return fmt.Errorf("ftpalg exit: %w; stderr %q", err, d.Stderr.String())
 	}
-	if err := exec.Command("ip", "netns", "exec", d.lab.ns[Router], "nft", "list", "table", "inet", "ftpalg").Run(); err == nil {
-		return ErrTableLeft
+	if !d.lab.FtpalgTable() {
+		return ErrTableGone
+	}
+	return nil
+}
+
+// FtpalgTable reports whether the router has ftpalg's table inet ftpalg.
+func (l *Lab) FtpalgTable() bool {
+	return exec.Command("ip", "netns", "exec", l.ns[Router], "nft", "list", "table", "inet", "ftpalg").Run() == nil
+}
+
+// FtpalgCleanup runs `ftpalg cleanup` on the router twice and checks the contract: exit 0
+// both times (the second finds nothing to remove) and no table inet ftpalg afterwards.
+func (l *Lab) FtpalgCleanup(ctx context.Context, bin string) error {
+	for i := range 2 {
+		res := l.Run(ctx, Router, bin, "cleanup")
+		if res.Err != nil {
+			return fmt.Errorf("ftpalg cleanup (call %d): %w: %s%s", i+1, res.Err, res.Stdout, res.Stderr)
+		}
+	}
+	if l.FtpalgTable() {
+		return errors.New("table inet ftpalg still present after ftpalg cleanup")
 	}
 	return nil
 }

@@ -105,6 +105,12 @@ func run() int {
 		rows = append(rows, transfer(ctx, l, d, srv, work, t.mode, t.op))
 	}
 	stopErr := d.Stop()
+	if stopErr == nil {
+		// The table stays across restarts; the demo removes it as an operator would.
+		cctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		stopErr = l.FtpalgCleanup(cctx, abs)
+		cancel()
+	}
 
 	if *verbose {
 		fmt.Println("\nftpalg log:")
