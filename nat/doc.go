@@ -75,6 +75,6 @@
 //
 // Decode never allocates. Apply does not allocate for a packet it returns unchanged (no copy
 // either) nor, given an out buffer with capacity for the result (65535 bytes), for a
-// retransmission it rewrites from recorded edits; recording new edits copies their text. A Conn is used by one goroutine at a time (the daemon's per-queue worker).
-//
+// retransmission it rewrites from recorded edits; recording new edits copies their text. A
+// Conn is used by one goroutine at a time (the daemon's per-queue worker).
 package nat

@@ -147,7 +147,7 @@ type worker struct {
 	// before, to undo it should the packet not be released rewritten.
 	adjDirty  bool
 	adjBefore conntrack.SeqAdj
-	warn   gate // per-packet warnings and notes, maxWarnLogs a second
+	warn      gate // per-packet warnings and notes, maxWarnLogs a second
 }
 
 func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *slog.Logger, m *metrics) *worker {
