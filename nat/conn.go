@@ -382,3 +382,33 @@ func Extend(p *Packet, prefix []byte, out []byte) ([]byte, error) {
 	binary.BigEndian.PutUint16(t[tcpCsumOff:], segmentChecksum(p.b[p.tcpOff:], csum, t))
 	return out, nil
 }
+
+// Shift returns, in out[:0], a copy of b (a decoded packet p, possibly the output of Apply:
+// the same headers) with its sequence number moved by seq and its acknowledgment number by ack,
+// the TCP checksum updated incrementally. The kernel normally shifts numbers (seqadj); the
+// daemon uses Shift for the one packet the kernel cannot: the first packet of a connection
+// whose conntrack entry (and adjustment) was destroyed, before the kernel's new entry exists
+// to carry the adjustment. SACK blocks are left alone.
+func Shift(p *Packet, b []byte, seq, ack int32, out []byte) ([]byte, error) {
+	if p.b == nil {
+		return nil, fmt.Errorf("shift: %w", ErrNotReady)
+	}
+	if len(b) < p.tcpOff+tcpMinLen {
+		return nil, fmt.Errorf("shift: %d-byte packet: %w", len(b), ErrBadEdit)
+	}
+	out = append(out[:0], b...)
+	t := out[p.tcpOff:]
+	csum := binary.BigEndian.Uint16(t[tcpCsumOff:])
+	oldSeq := binary.BigEndian.Uint32(t[tcpSeqOff:])
+	newSeq := oldSeq + uint32(seq)
+	csum = update32(csum, oldSeq, newSeq)
+	binary.BigEndian.PutUint32(t[tcpSeqOff:], newSeq)
+	if p.ACK() {
+		oldAck := binary.BigEndian.Uint32(t[tcpAckOff:])
+		newAck := oldAck + uint32(ack)
+		csum = update32(csum, oldAck, newAck)
+		binary.BigEndian.PutUint32(t[tcpAckOff:], newAck)
+	}
+	binary.BigEndian.PutUint16(t[tcpCsumOff:], csum)
+	return out, nil
+}

@@ -341,3 +341,17 @@ func TestExtend(t *testing.T) {
 		})
 	}
 }
+
+// TestShift: numbers moved, checksum still valid (checked by gopacket), payload untouched.
+func TestShift(t *testing.T) {
+	in := spec{src: cli4, dst: srv4, seq: 0xfffffffe, ack: 5, flags: FlagACK | FlagPSH, tsval: 9, payload: []byte("NOOP\r\n")}
+	b := build(t, in)
+	got, err := Shift(mustDecode(t, b), b, 3, -2, make([]byte, 0, 65535))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := build(t, in.with(func(s *spec) { s.seq += 3; s.ack -= 2 }))
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Shift (-want +got):\n%s", diff)
+	}
+}

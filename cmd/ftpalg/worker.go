@@ -86,9 +86,14 @@ type session struct {
 	adj       [2]conntrack.SeqAdj
 	adjProven bool
 	midStream bool // first seen without its SYN (a restart, a failover): rebuilt from conntrack
-	lastSeen  time.Time
-	closedAt  time.Time
-	held      [2]*held
+	// readjust is set when the conntrack entry of a resized session went while the connection
+	// may live on (conntrack -F): the kernel picks it up again with a fresh entry, which
+	// lacks the adjustment; ftpalg registers it there from its cache before the next packet
+	// leaves.
+	readjust bool
+	lastSeen time.Time
+	closedAt time.Time
+	held     [2]*held
 
 	closeLogged bool
 	uncounted   bool   // no longer counted in perClient
@@ -132,17 +137,18 @@ type worker struct {
 	perClient map[netip.Addr]int
 	holding   map[*session]struct{}
 
-	outDev uint32     // output interface of the packet being handled (0: local delivery)
-	now    time.Time  // when the packet being handled was read
-	pkt    nat.Packet // the packet being handled
-	hpkt   nat.Packet // a held packet being released
-	dec    []alg.Decision
-	edits  []nat.Edit
-	text   []byte
-	out    []byte
-	joined []byte
-	mtus   map[uint32]int
-	mtuAt  time.Time
+	outDev  uint32     // output interface of the packet being handled (0: local delivery)
+	now     time.Time  // when the packet being handled was read
+	pkt     nat.Packet // the packet being handled
+	hpkt    nat.Packet // a held packet being released
+	dec     []alg.Decision
+	edits   []nat.Edit
+	text    []byte
+	out     []byte
+	joined  []byte
+	shifted []byte
+	mtus    map[uint32]int
+	mtuAt   time.Time
 	// The adjustment the packet being handled registered: adjBefore is what its direction had
 	// before, to undo it should the packet not be released rewritten.
 	adjDirty  bool
@@ -174,6 +180,7 @@ func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *
 		text:      make([]byte, 0, 256),
 		out:       make([]byte, 0, maxPacket),
 		joined:    make([]byte, 0, maxPacket),
+		shifted:   make([]byte, 0, maxPacket),
 		mtus:      make(map[uint32]int),
 	}
 }
@@ -281,7 +288,7 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		}
 	}
 	s.lastSeen = now
-	if !s.haveFlow && len(w.pkt.Payload()) > 0 {
+	if !s.haveFlow && (len(w.pkt.Payload()) > 0 || s.readjust) {
 		w.lookupFlow(s)
 	}
 
@@ -447,11 +454,38 @@ func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
 		w.accept(id, nil, w.m.pAccept)
 		return
 	}
+	if s.readjust && s.haveFlow == false && !s.eng.Closed() {
+		// The connection's entry is new and not yet confirmed, so the kernel cannot carry the
+		// adjustment for this packet: shift it here, once. The next packet finds the entry.
+		if !changed {
+			out = w.pkt.Bytes()
+		}
+		if b, err := nat.Shift(&w.pkt, out, seqShift(s.adj[dir], w.pkt.Seq()), -ackShift(s.adj[1-dir], w.pkt.Ack()), w.shifted[:0]); err == nil {
+			w.shifted = b
+			out, changed = b, true
+		}
+	}
 	if changed {
 		w.accept(id, out, w.m.pModified)
 	} else {
 		w.accept(id, nil, w.m.pAccept)
 	}
+}
+
+// seqShift is the kernel's shift of sequence number v under a (nf_ct_seq_adjust).
+func seqShift(a conntrack.SeqAdj, v uint32) int32 {
+	if int32(v-a.Pos) > 0 {
+		return a.After
+	}
+	return a.Before
+}
+
+// ackShift is the kernel's shift back of acknowledgment number v under the other direction's a.
+func ackShift(a conntrack.SeqAdj, v uint32) int32 {
+	if int32(v-uint32(a.Before)-a.Pos) > 0 {
+		return a.After
+	}
+	return a.Before
 }
 
 // restoreAdj registers again the adjustment direction dir had before this packet.
@@ -575,6 +609,10 @@ func (w *worker) lookupFlow(s *session) {
 	if a := f.Orig.Dst.Addr(); a != s.key.server.Addr() && a != s.key.client.Addr() {
 		s.eng.SetServerAlias(a)
 	}
+	if s.readjust {
+		w.readjust(s, f)
+		return
+	}
 	if f.Adjusting && !s.adjProven {
 		// A stream resized before this run (or on the other router): the kernel carries the
 		// adjustment; later resizes build on it.
@@ -589,6 +627,27 @@ func (w *worker) lookupFlow(s *session) {
 		}
 		s.adjProven = true
 	}
+}
+
+// readjust registers the session's adjustment on f, the entry the kernel created for a
+// connection whose earlier entry (and adjustment) went away, before the packet that made it
+// is released.
+func (w *worker) readjust(s *session, f conntrack.Flow) {
+	s.readjust = false
+	if f.Adjusting {
+		return // someone (conntrackd) restored it already
+	}
+	for _, dir := range []alg.Dir{alg.FromClient, alg.FromServer} {
+		if s.adj[dir].IsZero() {
+			continue
+		}
+		if err := w.k.SetSeqAdj(f, w.ctDir(s, dir), s.adj[dir], true); err != nil {
+			w.m.kernelErrors.WithLabelValues("set_seqadj").Inc()
+			w.logEvent(evError, s.key, slog.String("op", "restore_seqadj"), slog.String("err", err.Error()))
+			return
+		}
+	}
+	w.logEvent(evNote, s.key, slog.String("reason", "seqadj_restored"))
 }
 
 func (w *worker) removeSession(s *session, reason string) {
@@ -647,9 +706,18 @@ func (w *worker) control(m ctlMsg, now time.Time) {
 		if s == nil {
 			return
 		}
-		// The session's truth went with its entry (its sequence adjustment among it). If the
-		// connection lives on, the kernel picks it up from its next packet and so does ftpalg,
-		// as a session met mid-stream.
+		if s.closedAt.IsZero() && s.adjProven && (!s.adj[0].IsZero() || !s.adj[1].IsZero()) {
+			// The entry went (conntrack -F, table pressure) but the connection may live on,
+			// its stream resized: keep what ftpalg knows of the adjustment for the entry the
+			// kernel creates from the connection's next packet. If no packet comes, the sweep
+			// finds no entry and forgets the session.
+			delete(w.byOrig, m.orig)
+			s.haveFlow, s.readjust = false, true
+			w.logEvent(evNote, s.key, slog.String("reason", "conntrack_gone_kept"))
+			return
+		}
+		// The session's truth went with its entry. If the connection lives on, the kernel
+		// picks it up from its next packet and so does ftpalg, as a session met mid-stream.
 		w.removeSession(s, "conntrack_gone")
 	}
 }

@@ -655,21 +655,49 @@ func TestPortDribbledBytePerSegment(t *testing.T) {
 	}
 }
 
-// TestConntrackGoneEndsTheSession: the session's truth is its conntrack entry; when the entry
-// is destroyed the session goes, and a packet of a connection that lives on starts a new one
-// met mid-stream.
-func TestConntrackGoneEndsTheSession(t *testing.T) {
+// TestConntrackGoneKeepsAResizedSession: the entry of a resized session is destroyed
+// (conntrack -F) while the connection lives on; the kernel makes a new entry from its next
+// packet, without the adjustment, and ftpalg registers it there before that packet leaves. An
+// unresized session simply ends with its entry.
+func TestConntrackGoneKeepsAResizedSession(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake()
 	h.fromServer("220 ready\r\n")
-	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	seq := h.cseq
+	h.fromClient("PORT 192,0,2,10,4,1\r\n") // +2
 	h.w.control(ctlMsg{kind: ctlFlowGone, orig: snatFlow.Orig}, h.now)
-	if len(h.w.sessions) != 0 {
-		t.Fatal("the session outlived its conntrack entry")
+	if len(h.w.sessions) != 1 {
+		t.Fatal("a resized session was forgotten when its entry went")
 	}
+	// The connection's next packet makes the kernel create a new entry, not yet confirmed
+	// (not found) when ftpalg sees the packet: ftpalg shifts that one packet itself.
+	delete(h.k.flows, conntrack.Tuple{Src: client, Dst: server})
+	nv := onlyVerdict(t, h.fromClient("NOOP\r\n"))
+	if nv.altered == nil {
+		t.Fatal("the first packet after the entry went was not shifted")
+	}
+	if _, tcp := decoded(t, nv.altered); tcp.Seq != h.cseq-6+2 {
+		t.Errorf("first packet's seq = %d, want %d (+2)", tcp.Seq, h.cseq-6+2)
+	}
+	// The kernel's new entry for the same connection, confirmed, without the adjustment.
+	fresh := snatFlow
+	h.k.flows[conntrack.Tuple{Src: client, Dst: server}] = fresh
+	n := len(h.k.adjs)
 	h.fromServer("200 ok\r\n")
-	if ev := h.events(evSessionOpen); len(ev) != 2 || ev[1]["restored"] != true {
-		t.Errorf("session_open after the entry went = %v, want a second, restored", ev)
+	want := adjCall{conntrack.Original, conntrack.SeqAdj{Pos: seq, After: 2}, true}
+	if len(h.k.adjs) != n+1 || h.k.adjs[n] != want {
+		t.Errorf("adjustment registered on the new entry = %+v, want %+v", h.k.adjs[n:], want)
+	}
+	if f := h.k.flows[conntrack.Tuple{Src: client, Dst: server}]; !f.Adjusting || f.SeqAdj[conntrack.Original] != want.adj {
+		t.Errorf("new entry = %+v, want it adjusting by %+v", f, want.adj)
+	}
+
+	h2 := newHarness(t, nil)
+	h2.handshake()
+	h2.fromServer("220 ready\r\n")
+	h2.w.control(ctlMsg{kind: ctlFlowGone, orig: snatFlow.Orig}, h2.now)
+	if len(h2.w.sessions) != 0 {
+		t.Error("an unresized session outlived its conntrack entry")
 	}
 }
 
