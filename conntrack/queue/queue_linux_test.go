@@ -337,7 +337,9 @@ func TestHeldPacket(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		for p := range held {
 			time.Sleep(hold)
 			// The held payload is still the receiver's: alter it in place.
@@ -347,7 +349,9 @@ func TestHeldPacket(t *testing.T) {
 			}
 		}
 	}()
-	t.Cleanup(func() { close(held) })
+	// Registered after run's cleanup, so it runs before the queue closes: every verdict is
+	// given (and reported) while the test is still running.
+	t.Cleanup(func() { close(held); <-done })
 	client, server := l.connect(t)
 	start := time.Now()
 	write(t, client, "HOLD\r\n")
