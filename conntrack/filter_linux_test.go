@@ -1,14 +1,17 @@
 package conntrack
 
 import (
+	"context"
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,4 +160,240 @@ func kernelRelease(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return unix.ByteSliceToString(u.Release[:])
+}
+
+// runListener runs lis until the test ends and delivers its events on the returned channel.
+func runListener(t testing.TB, lis *Listener) <-chan Event {
+	t.Helper()
+	events := make(chan Event, 4096)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- lis.Run(ctx, func(ev Event) {
+			select {
+			case events <- ev:
+			default:
+				t.Errorf("test event channel full, %s dropped", ev.Kind)
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return events
+}
+
+// unrelated opens n TCP connections to port (a listener is opened) and closes them at once;
+// their conntrack entries stay until flushed. Nothing about them is any business of ftpalg.
+func (l *lab) unrelated(ip netip.Addr, port uint16, n int) {
+	l.t.Helper()
+	l.mustBeInside()
+	addr := netip.AddrPortFrom(ip, port)
+	ln, ok := l.listeners[addr]
+	if !ok {
+		ln = l.listen(addr)
+		l.listeners[addr] = ln
+	}
+	for range n {
+		c, err := net.DialTimeout("tcp", addr.String(), 3*time.Second)
+		if err != nil {
+			l.t.Fatalf("dial %s: %v", addr, err)
+		}
+		c.Close()
+	}
+}
+
+// flush destroys every conntrack entry of the lab: a DESTROY event each.
+func (l *lab) flush() {
+	l.t.Helper()
+	l.mustBeInside()
+	l.run("", "conntrack", "-F")
+}
+
+// mustBeInside stops the test unless the calling thread is in the lab's namespace: a lab
+// helper called from another goroutine (a subtest of the test that made the lab) would dial
+// and flush conntrack in the host's namespace.
+func (l *lab) mustBeInside() {
+	l.t.Helper()
+	inside, err := sameNetNS(l.c.ns)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if !inside {
+		l.t.Fatal("lab helper called outside the lab's network namespace (from another goroutine?)")
+	}
+}
+
+// settle waits until the listener has read no message for 300 ms and returns its count.
+func settle(lis *Listener) uint64 {
+	n := lis.Received()
+	for {
+		time.Sleep(300 * time.Millisecond)
+		m := lis.Received()
+		if m == n {
+			return n
+		}
+		n = m
+	}
+}
+
+// TestListenFiltered proves the kernel filter on the real kernel: among a crowd of unrelated
+// connections, only the events of control connections and used pinholes reach the socket.
+func TestListenFiltered(t *testing.T) {
+	l := newLab(t)
+	lis, err := l.c.SubscribeFiltered(EventFilter{Ports: []uint16{21}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	events := runListener(t, lis)
+
+	const crowd = 100
+	l.unrelated(lo4, 80, crowd)
+	m4 := l.master(lo4, 21)
+	l.unrelated(lo6, 80, crowd)
+	m6 := l.master(lo6, 21)
+	fwd, _ := l.connect(l.listeners[netip.AddrPortFrom(lo4, 21)], netip.AddrPortFrom(lo4, 2121))
+	fwd = fwd.unmap()
+	l.unrelated(lo4, 990, crowd) // not a control port (no carrier here)
+	lnData := l.listen(netip.AddrPortFrom(lo6, 0))
+	e := Expectation{Master: m6, Src: lo6, Dst: netip.AddrPortFrom(lo6, portOf(lnData.Addr().String()))}
+	if err := l.c.CreateExpect(e); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := l.connect(lnData, e.Dst)
+	data = data.unmap()
+	l.flush()
+
+	// Exactly these, in any order: the pinhole used, the three control connections' ends.
+	want := map[string]bool{
+		"flow_new " + data.String():    true,
+		"flow_destroy " + m4.String():  true,
+		"flow_destroy " + m6.String():  true,
+		"flow_destroy " + fwd.String(): true,
+	}
+	n := settle(lis)
+	timeout := time.After(time.Second)
+	var got []string
+	for len(got) < len(want) {
+		select {
+		case ev := <-events:
+			got = append(got, ev.Kind.String()+" "+ev.Flow.Orig.unmap().String())
+		case <-timeout:
+			t.Fatalf("events %v, want %d", got, len(want))
+		}
+	}
+	select {
+	case ev := <-events:
+		got = append(got, ev.Kind.String()+" "+ev.Flow.Orig.unmap().String())
+	case <-time.After(100 * time.Millisecond):
+	}
+	for _, g := range got {
+		if !want[g] {
+			t.Errorf("unwanted event %q", g)
+		}
+		delete(want, g)
+	}
+	for w := range want {
+		t.Errorf("missing event %q", w)
+	}
+	// The kernel queued nothing else: 3 × crowd unrelated connections cost no message.
+	if n != 4 {
+		t.Errorf("listener read %d messages, want 4 (the kernel filter let unwanted events through)", n)
+	}
+	t.Logf("%d connections, %d events read", 3*crowd+4, n)
+}
+
+// TestListenFilteredOverrun checks that an overflow of the socket buffer still reaches the
+// listener as EventsLost (ENOBUFS is a socket error, which no filter sees), and that a flood of
+// unwanted events, which overflows an unfiltered listener, no longer overflows it.
+func TestListenFilteredOverrun(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		filter   EventFilter
+		port     uint16
+		wantLost bool
+	}{
+		{name: "unfiltered, unrelated flood", port: 80, wantLost: true}, // the control
+		{name: "filtered, unrelated flood", filter: EventFilter{Ports: []uint16{21}}, port: 80, wantLost: false},
+		{name: "filtered, control flood", filter: EventFilter{Ports: []uint16{21}}, port: 21, wantLost: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A lab per subtest: the lab is bound to the goroutine (thread) that made it.
+			l := newLab(t)
+			lis, err := l.c.SubscribeFiltered(tc.filter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lis.Close()
+			// The kernel rounds 0 up to its minimum: room for a few event messages.
+			if err := lis.sock.SetReadBuffer(0); err != nil {
+				t.Fatal(err)
+			}
+			// Nobody reads while 300 connections are made and destroyed.
+			l.unrelated(lo4, tc.port, 300)
+			l.flush()
+			var mu sync.Mutex
+			kinds := map[EventKind]int{}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- lis.Run(ctx, func(ev Event) { mu.Lock(); kinds[ev.Kind]++; mu.Unlock() })
+			}()
+			time.Sleep(300 * time.Millisecond)
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("events %v, messages read %d", kinds, lis.Received())
+			if lost := kinds[EventsLost] > 0; lost != tc.wantLost {
+				t.Errorf("EventsLost reported: %v, want %v", lost, tc.wantLost)
+			}
+			if !tc.filter.isZero() && tc.port == 80 && len(kinds) > 0 {
+				t.Errorf("filtered listener delivered unrelated events: %v", kinds)
+			}
+		})
+	}
+}
+
+// BenchmarkListenUnrelated counts the event messages that reach the listener's socket for
+// 1,000 unrelated connections (new and destroyed), without and with the kernel filter. Each
+// iteration makes 1,000 connections; run it with -benchtime=3x.
+func BenchmarkListenUnrelated(b *testing.B) {
+	for _, bc := range []struct {
+		name   string
+		filter EventFilter
+	}{
+		{name: "unfiltered"},
+		{name: "filtered", filter: EventFilter{Ports: []uint16{21}}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			l := newLab(b) // in the sub-benchmark's goroutine: the lab is bound to its thread
+			lis, err := l.c.SubscribeFiltered(bc.filter)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer lis.Close()
+			var delivered int
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- lis.Run(ctx, func(Event) { delivered++ }) }()
+			for b.Loop() {
+				l.unrelated(lo4, 80, 1000)
+				l.flush()
+				settle(lis)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(lis.Received())/float64(b.N), "msgs/op")
+			b.ReportMetric(float64(delivered)/float64(b.N), "events/op")
+		})
+	}
 }
