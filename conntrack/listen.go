@@ -36,7 +36,8 @@ var filteredGroups = []netfilter.NetlinkGroup{
 // connections on a busy router must not overflow it (ENOBUFS loses events).
 const listenReadBuffer = 4 << 20
 
-// Listener receives conntrack events on its own socket. Create it with Conn.Subscribe.
+// Listener receives conntrack events on its own socket. Create it with Conn.Subscribe or
+// Conn.SubscribeFiltered.
 type Listener struct {
 	sock      *netlink.Conn
 	filter    EventFilter
