@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,13 +26,22 @@ var listenGroups = []netfilter.NetlinkGroup{
 	netfilter.GroupCTExpDestroy,
 }
 
+// filteredGroups are the groups of a Listener with an EventFilter: no expectation events.
+var filteredGroups = []netfilter.NetlinkGroup{
+	netfilter.GroupCTNew,
+	netfilter.GroupCTDestroy,
+}
+
 // listenReadBuffer is the receive buffer asked for the event socket: a burst of new
 // connections on a busy router must not overflow it (ENOBUFS loses events).
 const listenReadBuffer = 4 << 20
 
-// Listener receives conntrack events on its own socket. Create it with Conn.Subscribe.
+// Listener receives conntrack events on its own socket. Create it with Conn.Subscribe or
+// Conn.SubscribeFiltered.
 type Listener struct {
-	nf        *netfilter.Conn
+	sock      *netlink.Conn
+	filter    EventFilter
+	received  atomic.Uint64 // messages read from the socket
 	closeOnce sync.Once
 	closeErr  error
 	closed    chan struct{}
@@ -56,25 +68,49 @@ func (c *Conn) Listen(ctx context.Context, fn func(Event)) error {
 }
 
 // Subscribe opens the event socket in c's network namespace and joins the event groups now, so
-// that no event after Subscribe returns is missed. Run delivers them.
-func (c *Conn) Subscribe() (*Listener, error) {
-	nf, err := c.dialSameNS()
+// that no event after Subscribe returns is missed. Run delivers them. It is
+// SubscribeFiltered(EventFilter{}): every event Listen reports.
+func (c *Conn) Subscribe() (*Listener, error) { return c.SubscribeFiltered(EventFilter{}) }
+
+// SubscribeFiltered is Subscribe for the events f selects only. A non-zero f is enforced by a
+// socket filter in the kernel (see EventFilter), so unwanted events never wake the listener
+// nor fill its receive buffer. The filter is in place before any group is joined.
+func (c *Conn) SubscribeFiltered(f EventFilter) (*Listener, error) {
+	groups := listenGroups
+	var prog []bpf.RawInstruction
+	if !f.isZero() {
+		var err error
+		if prog, err = eventFilterProgram(f.Ports); err != nil {
+			return nil, fmt.Errorf("subscribe to conntrack events: %w", err)
+		}
+		groups = filteredGroups
+		f.Ports = slices.Clone(f.Ports)
+	}
+	sock, err := c.dialSameNS()
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to conntrack events: %w", err)
 	}
 	// Best effort: without CAP_NET_ADMIN the kernel caps it at net.core.rmem_max.
-	_ = nf.SetReadBuffer(listenReadBuffer)
-	if err := nf.JoinGroups(listenGroups); err != nil {
-		nf.Close()
-		return nil, fmt.Errorf("subscribe to conntrack events: %w", err)
+	_ = sock.SetReadBuffer(listenReadBuffer)
+	if prog != nil {
+		if err := sock.SetBPF(prog); err != nil {
+			sock.Close()
+			return nil, fmt.Errorf("subscribe to conntrack events: attach filter: %w", err)
+		}
 	}
-	return &Listener{nf: nf, closed: make(chan struct{})}, nil
+	for _, g := range groups {
+		if err := sock.JoinGroup(uint32(g)); err != nil {
+			sock.Close()
+			return nil, fmt.Errorf("subscribe to conntrack events: join group %d: %w", g, err)
+		}
+	}
+	return &Listener{sock: sock, filter: f, closed: make(chan struct{})}, nil
 }
 
 // dialSameNS opens a ctnetlink socket in the namespace Dial ran in. When the calling thread is
 // in that namespace already, it is opened directly; otherwise the library enters the namespace
 // on a helper thread (this needs CAP_SYS_ADMIN).
-func (c *Conn) dialSameNS() (*netfilter.Conn, error) {
+func (c *Conn) dialSameNS() (*netlink.Conn, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	same, err := sameNetNS(c.ns)
@@ -82,9 +118,9 @@ func (c *Conn) dialSameNS() (*netfilter.Conn, error) {
 		return nil, err
 	}
 	if same {
-		return netfilter.Dial(nil)
+		return netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	}
-	return netfilter.Dial(&netlink.Config{NetNS: int(c.ns.Fd())})
+	return netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(c.ns.Fd())})
 }
 
 // sameNetNS reports whether the calling thread's network namespace is ns.
@@ -99,11 +135,15 @@ func sameNetNS(ns *os.File) (bool, error) {
 	return a.Dev == b.Dev && a.Ino == b.Ino, nil
 }
 
+// Received returns the number of event messages the listener has read from its socket, wanted
+// or not: what the kernel's filter let through.
+func (l *Listener) Received() uint64 { return l.received.Load() }
+
 // Close closes the event socket; a running Run returns nil.
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.closed)
-		l.closeErr = l.nf.Close()
+		l.closeErr = l.sock.Close()
 	})
 	return l.closeErr
 }
@@ -114,7 +154,7 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	for {
-		msgs, err := l.nf.Receive()
+		msgs, err := l.sock.Receive()
 		if err != nil {
 			select {
 			case <-l.closed:
@@ -127,8 +167,9 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 			}
 			return fmt.Errorf("receive conntrack events: %w", err)
 		}
+		l.received.Add(uint64(len(msgs)))
 		for _, m := range msgs {
-			if ev, ok := decodeEvent(m); ok {
+			if ev, ok := decodeEvent(m); ok && l.filter.wants(ev) {
 				fn(ev)
 			}
 		}
