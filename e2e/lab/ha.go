@@ -346,8 +346,11 @@ Sync {
 }
 General {
 	Systemd off
-	HashSize 2048
-	HashLimit 16384
+	# Not smaller: conntrackd 1.4.7 commits the cache in steps over the hash buckets, and
+	# a table it walks in a single step leaves the commit marked "in progress" for good
+	# (later flushes and commits are refused).
+	HashSize 32768
+	HashLimit 131072
 	LogFile %[5]s.log
 	Syslog off
 	LockFile %[5]s.lock
