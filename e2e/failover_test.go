@@ -190,6 +190,14 @@ func failoverRun(t *testing.T, kind string) {
 		t.Fatalf("pending: PORT through router 1: %v", err)
 	}
 	defer pendingLn.Close()
+	// probe: an idle session whose entry on router 1 gets a sequence adjustment from
+	// userspace (a ctnetlink update, as ftpalg registers its own), to see whether conntrackd
+	// replicates such an update. Its stream is never used again.
+	probe := open("probe")
+	probeAdj := conntrack.SequenceAdjust{Position: 4242, OffsetBefore: 7, OffsetAfter: 7}
+	if err := setSeqAdj(h, lab.Router1, x.Client, probe.port, probeAdj); err != nil {
+		t.Fatalf("probe: seqadj update on router 1: %v", err)
+	}
 	sessions := []*haSession{resized, first, inflight, plain, pending}
 	if !helper {
 		evs := lab.Filter(daemons[lab.Router1].Since(0), "rewrite", nil)
@@ -204,7 +212,7 @@ func failoverRun(t *testing.T, kind string) {
 	var r1Flows, r2Flows map[uint16]conntrack.Flow
 	failover := func() error {
 		// Wait until router 2 has every control connection and the data connection.
-		for _, s := range sessions {
+		for _, s := range append(sessions, probe) {
 			if _, err := h.WaitExternal(ctx, lab.Router2, s.sport(), "ESTABLISHED"); err != nil {
 				return err
 			}
@@ -230,7 +238,15 @@ func failoverRun(t *testing.T, kind string) {
 	if foErr != nil {
 		t.Fatalf("failover: %v", foErr)
 	}
-	r2Expect := logReplication(t, h, sessions, r1Flows, r2Flows)
+	r2Expect := logReplication(t, h, append(sessions, probe), r1Flows, r2Flows)
+	// A userspace seqadj update raises a conntrack event (IPCT_SEQADJ): conntrackd must
+	// have carried it to router 2. This is the path ftpalg's adjustments take.
+	if got := r2Flows[probe.port].SeqAdjOrig; got.Position != probeAdj.Position || got.OffsetBefore != probeAdj.OffsetBefore || got.OffsetAfter != probeAdj.OffsetAfter {
+		t.Errorf("probe: router 2 committed seqadj %s, router 1 was given orig{pos %d before %d after %d} by a ctnetlink update",
+			seqAdjString(r2Flows[probe.port]), probeAdj.Position, probeAdj.OffsetBefore, probeAdj.OffsetAfter)
+	} else {
+		t.Logf("probe: a userspace seqadj update on router 1 was replicated to router 2: %s", seqAdjString(r2Flows[probe.port]))
+	}
 	checkReplication(t, kind, []*haSession{resized, first, inflight, pending}, plain, r1Flows, r2Flows)
 	// ExpectationSync: router 2 has the pending pinhole (server → public address:port).
 	if !strings.Contains(r2Expect, fmt.Sprintf("dst=%s", x.Public)) || !strings.Contains(r2Expect, fmt.Sprintf("dport=%d", pendingPort)) {
@@ -554,6 +570,29 @@ func flowsOf(t *testing.T, h *lab.HA, r lab.Role, client netip.Addr) map[uint16]
 		t.Logf("conntrack dump in %s: %v", r, err)
 	}
 	return out
+}
+
+// setSeqAdj gives the original direction of the client's control connection (by source
+// port) on router r a sequence adjustment, by a ctnetlink update. (ti-mo/conntrack sends the
+// attribute only when all three values are non-zero: adj must be.)
+func setSeqAdj(h *lab.HA, r lab.Role, client netip.Addr, port uint16, adj conntrack.SequenceAdjust) error {
+	return h.Do(r, func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		fs, err := c.Dump(nil)
+		if err != nil {
+			return err
+		}
+		for _, f := range fs {
+			if f.TupleOrig.IP.SourceAddress == client && f.TupleOrig.Proto.SourcePort == port {
+				return c.Update(conntrack.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, SeqAdjOrig: adj})
+			}
+		}
+		return fmt.Errorf("no entry for %s:%d", client, port)
+	})
 }
 
 func seqAdjString(f conntrack.Flow) string {
