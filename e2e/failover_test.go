@@ -27,13 +27,21 @@ import (
 // links go away, nothing is dumped from it. Router 2 commits what it had received and takes
 // the addresses. Then, on the same control connections: NOOP, a PORT and a PASV download; a
 // PORT as the very first command after the switch; a download in flight during the failover
-// completes intact and the PORT after it works; finally a planned failback to router 1.
+// completes intact and the PORT after it works; a PORT answered through router 1 whose RETR
+// (the data connection through the replicated pinhole) comes after the switch; finally a
+// planned failback to router 1. Router 2's committed entries are checked against router 1's
+// (helper, sequence adjustment), and a probe shows that a seqadj set by a ctnetlink update
+// (ftpalg's way) is replicated.
 //
 //   - ftpalg: `ftpalg run` on both routers; every step must work.
 //   - kernel-helper: the reference, nft `ct helper` type "ftp" on both routers, no ftpalg.
 //     The helper's sequence adjustment (nf_nat_ftp) raises no conntrack event, so conntrackd
 //     never replicates it: a session it resized dies on router 2, an unresized one goes on.
 //     The test asserts exactly that, and logs what router 2 got.
+//
+// Found with conntrackd 1.4.7: expectations are replicated (ExpectationSync) but committed
+// without their NAT and expect function, so a PORT pinhole open at the switch no longer leads
+// to the inside client (the pending step).
 //   - none: neither, the negative control: data connections fail on both routers.
 func TestFailover(t *testing.T) {
 	t.Parallel()
@@ -210,6 +218,7 @@ func failoverRun(t *testing.T, kind string) {
 	// bytes, while the server is held back by the client's small receive window.
 	var foErr error
 	var r1Flows, r2Flows map[uint16]conntrack.Flow
+	var r1Exps, r2Exps []conntrack.Expect
 	failover := func() error {
 		// Wait until router 2 has every control connection and the data connection.
 		for _, s := range append(sessions, probe) {
@@ -219,6 +228,7 @@ func failoverRun(t *testing.T, kind string) {
 		}
 		time.Sleep(300 * time.Millisecond) // the last updates (sequence adjustments) replicate
 		r1Flows = flowsOf(t, h, lab.Router1, x.Client)
+		r1Exps = expectsOf(t, h, lab.Router1)
 		var kill []*lab.Proc
 		if d := daemons[lab.Router1]; d != nil {
 			kill = append(kill, d.Proc)
@@ -232,6 +242,7 @@ func failoverRun(t *testing.T, kind string) {
 		}
 		t.Logf("failover: router 1 crashed, router 2 active in %v", time.Since(start).Round(time.Millisecond))
 		r2Flows = flowsOf(t, h, lab.Router2, x.Client)
+		r2Exps = expectsOf(t, h, lab.Router2)
 		return nil
 	}
 	inflightErr := downloadAcross(inflight.ctl, lab.PORT, func() error { foErr = failover(); return foErr })
@@ -248,9 +259,19 @@ func failoverRun(t *testing.T, kind string) {
 		t.Logf("probe: a userspace seqadj update on router 1 was replicated to router 2: %s", seqAdjString(r2Flows[probe.port]))
 	}
 	checkReplication(t, kind, []*haSession{resized, first, inflight, pending}, plain, r1Flows, r2Flows)
-	// ExpectationSync: router 2 has the pending pinhole (server → public address:port).
+	// ExpectationSync: router 2 has the pending pinhole (server → public address:port), with
+	// the same NAT back to the client as on router 1.
 	if !strings.Contains(r2Expect, fmt.Sprintf("dst=%s", x.Public)) || !strings.Contains(r2Expect, fmt.Sprintf("dport=%d", pendingPort)) {
 		t.Errorf("router 2 has no replicated expectation for the pending PORT (to %s:%d):\n%s", x.Public, pendingPort, r2Expect)
+	}
+	e1, e2 := findExpect(r1Exps, pendingPort), findExpect(r2Exps, pendingPort)
+	t.Logf("pending pinhole on router 1: %s\n  committed on router 2: %s", expectString(e1), expectString(e2))
+	// conntrackd 1.4.7 commits the expectation without its NAT and expect function: the
+	// active-mode data connection then reaches router 2 itself instead of the client. That
+	// is conntrackd's doing, for ftpalg and the kernel helper alike; the pending-port-retr
+	// step says what it costs, and says this again when it fails.
+	if e1 != nil && e2 != nil && (e2.NAT != e1.NAT || e2.Function != e1.Function) {
+		t.Logf("NOTE: router 2's copy of the pending pinhole lost its NAT and expect function")
 	}
 
 	// What each step must do. ftpalg: everything works. The kernel helper: the sessions its
@@ -322,7 +343,11 @@ func failoverRun(t *testing.T, kind string) {
 		return resized.retr(lab.PASV)
 	})
 	step("after-failover/pending-port-retr", resizedWant, func() error {
-		return pendingRETR(pending, pendingLn)
+		err := pendingRETR(pending, pendingLn)
+		if e := findExpect(r2Exps, pendingPort); err != nil && e != nil && e.Function == "" {
+			err = fmt.Errorf("%w (router 2 committed the pinhole without its NAT back to the client: %s)", err, expectString(e))
+		}
+		return err
 	})
 	step("after-failover/plain-noop-pasv-port", mustPass, func() error {
 		if err := plain.noop(5 * time.Second); err != nil {
@@ -570,6 +595,47 @@ func flowsOf(t *testing.T, h *lab.HA, r lab.Role, client netip.Addr) map[uint16]
 		t.Logf("conntrack dump in %s: %v", r, err)
 	}
 	return out
+}
+
+// expectsOf dumps a router's expectations (ctnetlink, in its namespace).
+func expectsOf(t *testing.T, h *lab.HA, r lab.Role) []conntrack.Expect {
+	var out []conntrack.Expect
+	err := h.Do(r, func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		out, err = c.DumpExpect()
+		return err
+	})
+	if err != nil {
+		t.Logf("expectation dump in %s: %v", r, err)
+	}
+	return out
+}
+
+// findExpect returns the expectation for destination port port, or nil.
+func findExpect(es []conntrack.Expect, port uint16) *conntrack.Expect {
+	for i := range es {
+		if es[i].Tuple.Proto.DestinationPort == port {
+			return &es[i]
+		}
+	}
+	return nil
+}
+
+func expectString(e *conntrack.Expect) string {
+	if e == nil {
+		return "none"
+	}
+	nat := "no NAT"
+	if n := e.NAT.Tuple; n.IP.SourceAddress.IsValid() || n.IP.DestinationAddress.IsValid() || n.Proto.SourcePort != 0 || n.Proto.DestinationPort != 0 {
+		nat = fmt.Sprintf("NAT tuple %v:%d -> %v:%d (dir reply=%v)", n.IP.SourceAddress, n.Proto.SourcePort, n.IP.DestinationAddress, n.Proto.DestinationPort, e.NAT.Direction)
+	}
+	return fmt.Sprintf("%s -> %s:%d helper %q fn %q flags %#x class %d timeout %ds, %s",
+		e.Tuple.IP.SourceAddress, e.Tuple.IP.DestinationAddress, e.Tuple.Proto.DestinationPort,
+		e.HelpName, e.Function, e.Flags, e.Class, e.Timeout, nat)
 }
 
 // setSeqAdj gives the original direction of the client's control connection (by source
