@@ -81,8 +81,19 @@
 //     TestQueueOverflow: a stalled fail-closed ftpalg under 6,000 new sessions.
 //   - TestQueuesBalanced: --queues 2, sixteen clients: both workers own sessions, each sees
 //     both directions of its own (rewritten PORT downloads intact).
+//   - TestFailover/{ftpalg,kernel-helper,none}: two routers (lab.NewHA: r1, r2 on the same
+//     inside and outside bridges, a sync link 203.0.113.1-.2, floating gateway 192.0.2.1 and
+//     public address 198.51.100.1) with conntrackd (FTFW, ExpectationSync) and ftpalg, the
+//     kernel helper, or neither on both. Sessions resized by a rewritten PORT go through r1,
+//     which then fails unplanned (SIGKILL, addresses and links gone, nothing dumped); r2
+//     commits and takes over. On the same control connections: NOOP, PORT and PASV
+//     downloads, a PORT as the first command, a download in flight during the switch, a
+//     pinhole opened on r1 and used on r2, then a failback to r1. Asserts what r2 committed
+//     (helper, seqadj, expectations). The kernel helper's resized sessions die (nf_nat_ftp's
+//     adjustment raises no event, so it is never replicated); "none" must fail. conntrackd
+//     1.4.7 commits a replicated pinhole without its NAT (logged; the pending step fails).
 //
-// The tests need root (they skip otherwise, saying why) and vsftpd, curl, lftp, nft, ip
-// (.ci/deps installs them; under CI=true a missing tool fails the test). TestMain builds
-// cmd/ftpalg and e2e/cmd/ftppeer once.
+// The tests need root (they skip otherwise, saying why) and vsftpd, curl, lftp, nft, ip,
+// conntrackd (.ci/deps installs them; under CI=true a missing tool fails the test). TestMain
+// builds cmd/ftpalg and e2e/cmd/ftppeer once.
 package e2e

@@ -50,11 +50,12 @@ func (e Event) String() string {
 	return string(b)
 }
 
-// Daemon is a running `ftpalg run` in the router namespace.
+// Daemon is a running `ftpalg run` in a router namespace.
 type Daemon struct {
 	Args   []string
 	Proc   *Proc
 	Stderr *SyncBuffer
+	Role   Role // the router it runs on
 	lab    *Lab
 
 	mu     sync.Mutex
@@ -73,16 +74,22 @@ func DefaultFtpalgArgs() []string {
 // nil) and waits until it is ready: a line with "event":"ready". (The table's presence is no
 // sign: after a kill -9 the old table stays until the new run replaces it.)
 func (l *Lab) StartFtpalg(ctx context.Context, bin string, args []string) (*Daemon, error) {
+	return l.StartFtpalgIn(ctx, Router, bin, args)
+}
+
+// StartFtpalgIn is StartFtpalg on router r (a router of the HA lab: Router1, Router2). Each
+// router has its own restart-state directory.
+func (l *Lab) StartFtpalgIn(ctx context.Context, r Role, bin string, args []string) (*Daemon, error) {
 	if args == nil {
 		args = DefaultFtpalgArgs()
 	}
-	d := &Daemon{Args: args, Stderr: &SyncBuffer{}, lab: l, notify: make(chan struct{})}
+	d := &Daemon{Args: args, Stderr: &SyncBuffer{}, Role: r, lab: l, notify: make(chan struct{})}
 	pr, pw := io.Pipe()
-	name, argv, err := l.FtpalgCommand(bin, args)
+	name, argv, err := l.ftpalgCommand(r, bin, args)
 	if err != nil {
 		return nil, err
 	}
-	p, err := l.Start(Router, pw, d.Stderr, name, argv...)
+	p, err := l.Start(r, pw, d.Stderr, name, argv...)
 	if err != nil {
 		return nil, err
 	}
@@ -100,16 +107,31 @@ func (l *Lab) StartFtpalg(ctx context.Context, bin string, args []string) (*Daem
 // run in the lab (a restarted ftpalg takes the sessions over) and removed by Close, so that
 // nothing is left under the host's /run/ftpalg.
 func (l *Lab) FtpalgCommand(bin string, args []string) (string, []string, error) {
+	return l.ftpalgCommand(Router, bin, args)
+}
+
+func (l *Lab) ftpalgCommand(r Role, bin string, args []string) (string, []string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.stateDir == "" {
-		dir, err := os.MkdirTemp("", "ftpalg-state-")
-		if err != nil {
+	dir := l.stateDir
+	if r != Router {
+		dir = l.roleState[r]
+	}
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "ftpalg-state-"); err != nil {
 			return "", nil, err
 		}
-		l.stateDir = dir
+		if r == Router {
+			l.stateDir = dir
+		} else {
+			if l.roleState == nil {
+				l.roleState = map[Role]string{}
+			}
+			l.roleState[r] = dir
+		}
 	}
-	return "env", append([]string{"RUNTIME_DIRECTORY=" + l.stateDir, bin}, args...), nil
+	return "env", append([]string{"RUNTIME_DIRECTORY=" + dir, bin}, args...), nil
 }
 
 func (d *Daemon) afterStart(ctx context.Context) error {
@@ -230,15 +252,17 @@ func (d *Daemon) Stop() error {
 	if err := d.Proc.Err(); err != nil {
 		return fmt.Errorf("ftpalg exit: %w; stderr %q", err, d.Stderr.String())
 	}
-	if !d.lab.FtpalgTable() {
+	if !d.lab.ftpalgTableIn(d.Role) {
 		return ErrTableGone
 	}
 	return nil
 }
 
 // FtpalgTable reports whether the router has ftpalg's table inet ftpalg.
-func (l *Lab) FtpalgTable() bool {
-	return exec.Command("ip", "netns", "exec", l.ns[Router], "nft", "list", "table", "inet", "ftpalg").Run() == nil
+func (l *Lab) FtpalgTable() bool { return l.ftpalgTableIn(Router) }
+
+func (l *Lab) ftpalgTableIn(r Role) bool {
+	return exec.Command("ip", "netns", "exec", l.ns[r], "nft", "list", "table", "inet", "ftpalg").Run() == nil
 }
 
 // FtpalgCleanup runs `ftpalg cleanup` on the router twice and checks the contract: exit 0

@@ -149,6 +149,8 @@ type Lab struct {
 	created  []string
 	closed   bool
 	stateDir string // ftpalg's RUNTIME_DIRECTORY, see FtpalgCommand
+	// roleState: the RUNTIME_DIRECTORY of ftpalg on routers other than Router (HA lab).
+	roleState map[Role]string
 }
 
 var labSeq atomic.Int32
@@ -591,8 +593,11 @@ func (l *Lab) Close() error {
 	}
 	wg.Wait()
 	var errs []error
-	if l.stateDir != "" {
-		if err := os.RemoveAll(l.stateDir); err != nil {
+	for _, d := range append([]string{l.stateDir}, mapValues(l.roleState)...) {
+		if d == "" {
+			continue
+		}
+		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -610,6 +615,14 @@ func (l *Lab) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func mapValues(m map[Role]string) []string {
+	out := make([]string, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
 }
 
 // SyncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
