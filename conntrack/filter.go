@@ -24,6 +24,10 @@ import (
 // overflows the buffer with events ftpalg does not want (which cost it its own events).
 type EventFilter struct {
 	Ports []uint16
+	// NewExpectations adds the expectation-created events (all of them: they are as rare as
+	// pinholes). ftpalg uses them to repair pinholes that conntrackd replicated from the other
+	// router without their NAT.
+	NewExpectations bool
 }
 
 func (f EventFilter) isZero() bool { return len(f.Ports) == 0 }
@@ -40,6 +44,8 @@ func (f EventFilter) wants(ev Event) bool {
 		return ev.Flow.Master != nil
 	case FlowDestroy:
 		return slices.Contains(f.Ports, ev.Flow.Orig.Dst.Port()) || slices.Contains(f.Ports, ev.Flow.Reply.Src.Port())
+	case ExpectNew:
+		return f.NewExpectations
 	case EventsLost:
 		return true
 	}

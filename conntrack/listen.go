@@ -84,6 +84,9 @@ func (c *Conn) SubscribeFiltered(f EventFilter) (*Listener, error) {
 			return nil, fmt.Errorf("subscribe to conntrack events: %w", err)
 		}
 		groups = filteredGroups
+		if f.NewExpectations {
+			groups = append(slices.Clone(groups), netfilter.GroupCTExpNew)
+		}
 		f.Ports = slices.Clone(f.Ports)
 	}
 	sock, err := c.dialSameNS()

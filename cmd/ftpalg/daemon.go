@@ -47,7 +47,9 @@ func (d *daemon) Run(ctx context.Context) error {
 	defer ct.Close()
 	// Subscribe before the rules exist: the kernel reports the end of a connection only to
 	// listeners that were there when it began.
-	events, err := ct.Subscribe()
+	// Only the events of ftpalg's own connections: a socket filter in the kernel drops those
+	// of the router's other traffic before they cost a wake-up.
+	events, err := ct.SubscribeFiltered(conntrack.EventFilter{Ports: d.cfg.Ports, NewExpectations: true})
 	if err != nil {
 		return fmt.Errorf("conntrack events: %w", err)
 	}
@@ -221,6 +223,8 @@ func (d *daemon) onEvent(ctx context.Context, ev conntrack.Event, pins *pinholes
 		if ev.Flow.Master != nil {
 			pins.used(ev.Flow)
 		}
+	case conntrack.ExpectNew:
+		pins.repair(ev.Expect)
 	case conntrack.EventsLost:
 		d.m.kernelErrors.WithLabelValues("events_lost").Inc()
 		d.log.Warn(evError, "op", "conntrack_events", "err", "kernel dropped events: pinhole_used or session ends may be missing")

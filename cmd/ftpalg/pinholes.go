@@ -191,6 +191,9 @@ const carrierTimeout = 300 * time.Second
 func (p *pinholes) adopt(exps []conntrack.Expectation) {
 	now := p.now()
 	for _, e := range exps {
+		if !e.NAT {
+			p.repair(e) // adopts it once repaired (or needing no NAT, below)
+		}
 		age := carrierTimeout - e.Timeout
 		left := max(p.timeout-age, 0)
 		sess := sessKey{client: e.Master.Src, server: e.Master.Dst}
@@ -207,6 +210,51 @@ func (p *pinholes) adopt(exps []conntrack.Expectation) {
 		p.log.LogAttrs(p.ctx, slog.LevelInfo, evPinholeOpen, p.attrs(ph,
 			slog.String("expires", ph.expires.UTC().Format(time.RFC3339Nano)), slog.Bool("adopted", true))...)
 	}
+}
+
+// repair gives back its NAT to a pinhole that reached this router without it, as conntrackd
+// replicates expectations from the other router of a pair (it keeps neither the NAT tuple nor
+// the expectation function), and adopts it. The NAT follows the pinhole rule (DESIGN.md): a
+// pinhole to the address the server sees the client as (the master's reply destination)
+// lands on the client's own address; one to the address the client connected to (the
+// master's original destination) lands on the server's; same port. Pinholes ftpalg created
+// itself, and those that need no NAT, are left alone.
+func (p *pinholes) repair(e conntrack.Expectation) {
+	if e.NAT {
+		return
+	}
+	p.mu.Lock()
+	_, known := p.byKey[pinKey{src: e.Src, dst: e.Dst}]
+	p.mu.Unlock()
+	if known {
+		return
+	}
+	f, err := p.k.Lookup(e.Master)
+	if err != nil || f.Helper != conntrack.CarrierHelper && f.Helper != "" {
+		return
+	}
+	fixed := e
+	switch a := e.Dst.Addr(); {
+	case a == f.Reply.Dst.Addr() && a != f.Orig.Src.Addr():
+		fixed.NAT, fixed.NATDir, fixed.NATTo = true, conntrack.Reply, netip.AddrPortFrom(f.Orig.Src.Addr(), e.Dst.Port())
+	case a == f.Orig.Dst.Addr() && a != f.Reply.Src.Addr():
+		fixed.NAT, fixed.NATDir, fixed.NATTo = true, conntrack.Original, netip.AddrPortFrom(f.Reply.Src.Addr(), e.Dst.Port())
+	default:
+		return
+	}
+	if err := p.k.DeleteExpect(e); err != nil && !errors.Is(err, conntrack.ErrNotFound) {
+		p.m.kernelErrors.WithLabelValues("delete_expect").Inc()
+		return
+	}
+	fixed.Timeout = p.timeout
+	if err := p.k.CreateExpect(fixed); err != nil {
+		p.m.kernelErrors.WithLabelValues("create_expect").Inc()
+		p.log.LogAttrs(p.ctx, slog.LevelWarn, evError, slog.String("op", "repair_pinhole"),
+			slog.String("pinhole", e.String()), slog.String("err", err.Error()))
+		return
+	}
+	fixed.Timeout = e.Timeout
+	p.adopt([]conntrack.Expectation{fixed})
 }
 
 // stopAll stops the timers at shutdown and leaves the pinholes in the kernel: a data
