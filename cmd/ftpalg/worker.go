@@ -37,7 +37,10 @@ const (
 	idleCheck       = 10 * time.Minute       // a session silent this long is looked up in conntrack
 	maxIdleChecks   = 256                    // lookups per sweep (every 5 s), bounding the sweep's cost
 	maxSessions     = 1 << 17                // per worker
-	maxPerClient    = 256                    // sessions per client address, per worker
+	maxPerClient    = 256                    // sessions per client address (IPv6: per /64), per worker
+	maxYoung        = 1 << 14                // sessions opened by a SYN and not yet answered, per worker
+	youngTimeout    = 30 * time.Second       // how long a session may stay young
+	maxOpenLogs     = 200                    // session_open lines a worker may log per second
 	maxPortTries    = 16                     // other ports tried when an expectation collides
 	maxPinholeBurst = 2000                   // pinholes a session may open back to back
 	maxPinholeRate  = 200                    // then per second
@@ -91,6 +94,8 @@ type session struct {
 	// lacks the adjustment; ftpalg registers it there from its cache before the next packet
 	// leaves.
 	readjust bool
+	young    bool      // opened by a SYN, no data from the server yet (counted apart, short-lived)
+	born     time.Time // when the session was created
 	lastSeen time.Time
 	closedAt time.Time
 	held     [2]*held
@@ -134,7 +139,10 @@ type worker struct {
 
 	sessions  map[sessKey]*session
 	byOrig    map[conntrack.Tuple]*session
-	perClient map[netip.Addr]int
+	perClient map[netip.Addr]int // by clientKey
+	young     int                // sessions still young
+	misses    missCache          // recent failed mid-stream look-ups
+	openLog   gate               // session_open lines, maxOpenLogs a second
 	holding   map[*session]struct{}
 
 	outDev  uint32     // output interface of the packet being handled (0: local delivery)
@@ -287,6 +295,17 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 			return
 		}
 	}
+	if w.pkt.RST() {
+		// RFC 5961: only an RST carrying exactly the next expected sequence number ends the
+		// connection; a blind one (an off-path attacker who guessed the 4-tuple) is answered
+		// by the endpoint with a challenge ACK, and must not make ftpalg forget the session.
+		// A real end also shows as the conntrack entry's destruction.
+		if next, ok := s.eng.Next(dir); ok && next != w.pkt.Seq() {
+			w.m.notes.WithLabelValues("rst_out_of_window").Inc()
+			w.accept(p.ID, nil, w.m.pAccept)
+			return
+		}
+	}
 	s.lastSeen = now
 	if !s.haveFlow && (len(w.pkt.Payload()) > 0 || s.readjust) {
 		w.lookupFlow(s)
@@ -315,6 +334,10 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 			w.releaseOne(s, dir)
 			h = nil
 		}
+	}
+
+	if s.young && dir == alg.FromServer && plen > 0 {
+		w.grownUp(s) // the server speaks: a real connection
 	}
 
 	w.dec = s.eng.Feed(alg.Segment{
@@ -576,26 +599,63 @@ func (w *worker) releaseHeld(now time.Time, all bool) {
 }
 
 func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
-	if len(w.sessions) >= maxSessions || w.perClient[key.client.Addr()] >= maxPerClient {
+	var flow conntrack.Flow
+	if !syn {
+		// Met mid-stream (ftpalg restarted, or took over from another router): a session is
+		// rebuilt only from a conntrack entry that existed before this packet. A stray or
+		// spoofed packet finds none (its own entry, if the kernel made one, is not confirmed
+		// yet) and leaves no state; the miss is remembered for a moment so that a flood of
+		// them costs one look-up each at most once per missCacheTTL.
+		if w.misses.has(key, now) {
+			return nil
+		}
+		f, err := w.k.Lookup(conntrack.Tuple{Src: key.client, Dst: key.server})
+		if err != nil {
+			w.misses.add(key, now)
+			if !errors.Is(err, conntrack.ErrNotFound) {
+				w.m.kernelErrors.WithLabelValues("lookup").Inc()
+			}
+			return nil
+		}
+		flow = f
+	}
+	young := syn
+	if len(w.sessions) >= maxSessions || (young && w.young >= maxYoung) || w.perClient[clientKey(key.client.Addr())] >= maxPerClient {
 		w.m.rejections.WithLabelValues("session_limit").Inc()
 		if w.warn.allow(now, maxWarnLogs) {
-			w.logEvent(evRejected, key, slog.String("reason", "session_limit"))
+			w.logEvent(evRejected, key, slog.String("reason", "session_limit"), slog.Bool("young", young))
 		}
 		return nil
 	}
-	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now, midStream: !syn}
+	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now, midStream: !syn, young: young, born: now}
 	w.sessions[key] = s
-	w.perClient[key.client.Addr()]++
+	w.perClient[clientKey(key.client.Addr())]++
+	if young {
+		w.young++
+	}
 	w.m.sessions.Inc()
 	w.m.sessionsTotal.Inc()
 	if !syn {
-		// Met mid-stream (ftpalg restarted, or took over from another router): what the
-		// session needs of its past is in its conntrack entry.
-		w.lookupFlow(s)
+		w.adoptFlow(s, flow)
 	}
-	w.logEvent(evSessionOpen, key, slog.Int("worker", w.id), slog.Bool("restored", !syn),
-		slog.Bool("adjusting", s.adjProven))
+	if w.openLog.allow(now, maxOpenLogs) {
+		attrs := []slog.Attr{slog.Int("worker", w.id), slog.Bool("restored", !syn), slog.Bool("adjusting", s.adjProven)}
+		if n := w.openLog.takeDropped(); n > 0 {
+			attrs = append(attrs, slog.Int("suppressed", n))
+		}
+		w.logEvent(evSessionOpen, key, attrs...)
+	}
 	return s
+}
+
+// clientKey is what the per-client limit counts by: the address, or its /64 for IPv6 (one
+// subscriber's prefix holds 2^64 addresses).
+func clientKey(a netip.Addr) netip.Addr {
+	if a.Is4() || a.Is4In6() {
+		return a.Unmap()
+	}
+	p, _ := a.Prefix(64)
+	return p.Addr()
 }
 
 func (w *worker) lookupFlow(s *session) {
@@ -604,6 +664,11 @@ func (w *worker) lookupFlow(s *session) {
 		w.m.kernelErrors.WithLabelValues("lookup").Inc()
 		return
 	}
+	w.adoptFlow(s, f)
+}
+
+// adoptFlow records the session's conntrack entry and what it says of the session's past.
+func (w *worker) adoptFlow(s *session, f conntrack.Flow) {
 	s.flow, s.haveFlow = f, true
 	w.byOrig[f.Orig] = s
 	if a := f.Orig.Dst.Addr(); a != s.key.server.Addr() && a != s.key.client.Addr() {
@@ -661,6 +726,7 @@ func (w *worker) removeSession(s *session, reason string) {
 		delete(w.byOrig, s.flow.Orig)
 	}
 	w.uncountClient(s)
+	w.grownUp(s)
 	if reason != "shutdown" {
 		// At shutdown the pinholes stay in the kernel: the next run adopts them.
 		w.pins.sessionGone(s.key)
@@ -684,12 +750,20 @@ func closeReason(rst bool) string {
 	return "fin"
 }
 
+// grownUp stops counting s as young: it got past its handshake (or ended).
+func (w *worker) grownUp(s *session) {
+	if s.young {
+		s.young = false
+		w.young--
+	}
+}
+
 func (w *worker) uncountClient(s *session) {
 	if s.uncounted {
 		return
 	}
 	s.uncounted = true
-	c := s.key.client.Addr()
+	c := clientKey(s.key.client.Addr())
 	if w.perClient[c]--; w.perClient[c] <= 0 {
 		delete(w.perClient, c)
 	}
@@ -732,6 +806,11 @@ func (w *worker) sweep(now time.Time) {
 		switch {
 		case !s.closedAt.IsZero() && now.Sub(s.closedAt) >= closedLinger:
 			w.removeSession(s, "closed")
+		case s.young && now.Sub(s.born) >= youngTimeout:
+			// A SYN and nothing since that counts (a spoofed SYN, a port scan, a server that
+			// never answered). Forgetting it costs nothing real: should the connection go on,
+			// its next packet rebuilds the session from its conntrack entry.
+			w.removeSession(s, "unanswered")
 		case s.closedAt.IsZero() && now.Sub(s.lastSeen) >= idleCheck && checks < maxIdleChecks:
 			checks++
 			t := conntrack.Tuple{Src: s.key.client, Dst: s.key.server}
@@ -784,3 +863,34 @@ func (w *worker) logWarn(key sessKey, op string, err error) {
 // Sequence number comparisons that survive wrap-around at 2^32.
 func seqLT(a, b uint32) bool { return int32(a-b) < 0 }
 func seqLE(a, b uint32) bool { return int32(a-b) <= 0 }
+
+// missCache remembers recent failed mid-stream look-ups (a flood of stray packets must not cost
+// a netlink round trip each). Bounded: when full, expired entries go, then everything.
+type missCache struct{ m map[sessKey]time.Time }
+
+const (
+	missCacheTTL = time.Second
+	missCacheMax = 4096
+)
+
+func (c *missCache) has(k sessKey, now time.Time) bool {
+	t, ok := c.m[k]
+	return ok && now.Sub(t) < missCacheTTL
+}
+
+func (c *missCache) add(k sessKey, now time.Time) {
+	if c.m == nil {
+		c.m = make(map[sessKey]time.Time)
+	}
+	if len(c.m) >= missCacheMax {
+		for x, t := range c.m {
+			if now.Sub(t) >= missCacheTTL {
+				delete(c.m, x)
+			}
+		}
+		if len(c.m) >= missCacheMax {
+			clear(c.m)
+		}
+	}
+	c.m[k] = now
+}

@@ -28,6 +28,7 @@ type fakeKernel struct {
 	expects  []conntrack.Expectation
 	deleted  []conntrack.Expectation
 	adjs     []adjCall
+	lookups  int
 	noSeqAdj bool                    // the entry lacks the seqadj extension (no NAT after the helper)
 	busyPort map[netip.AddrPort]bool // expectation destinations that collide
 	refuse   int                     // CreateExpect calls still to refuse (no carrier helper)
@@ -36,6 +37,7 @@ type fakeKernel struct {
 func (k *fakeKernel) Lookup(seen conntrack.Tuple) (conntrack.Flow, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.lookups++
 	if f, ok := k.flows[seen]; ok {
 		return f, nil
 	}
@@ -827,5 +829,91 @@ func TestDeclinedOpensDoNotExhaustTheSessionLimit(t *testing.T) {
 		if r["reason"] != "pinhole_failed" || r["action"] != "neutralized" {
 			t.Errorf("rejected = %v, want pinhole_failed, neutralized", r)
 		}
+	}
+}
+
+// TestStrayPacketLeavesNoState: a packet of no known connection (no SYN, no conntrack entry
+// from before it) creates no session, and a flood of them costs one look-up per tuple and
+// second.
+func TestStrayPacketLeavesNoState(t *testing.T) {
+	h := newHarness(t, nil)
+	stray := netip.MustParseAddrPort("192.0.2.99:5555")
+	for i := 0; i < 100; i++ {
+		v := onlyVerdict(t, h.send(tcpPacket(t, stray, server, 1000, 1, false, false, "PORT 192,0,2,99,4,1\r\n")))
+		if !v.accept || v.altered != nil {
+			t.Fatalf("stray packet: %+v, want accepted as it is", v)
+		}
+	}
+	if len(h.w.sessions) != 0 {
+		t.Errorf("%d sessions after stray packets, want 0", len(h.w.sessions))
+	}
+	if h.k.lookups != 1 {
+		t.Errorf("%d conntrack look-ups for 100 stray packets of one tuple within a second, want 1", h.k.lookups)
+	}
+	if len(h.k.expects) != 0 {
+		t.Errorf("a stray PORT opened a pinhole: %+v", h.k.expects)
+	}
+}
+
+// TestBlindRSTDoesNotEndTheSession: an RST whose sequence number is not exactly the next
+// expected one (RFC 5961) leaves the session, resized stream and all; the exact one ends it.
+func TestBlindRSTDoesNotEndTheSession(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	rst := func(seq uint32) []byte {
+		b := tcpPacket(t, server, client, seq, h.cseq, false, false, "")
+		b[33] |= 0x04 // RST (flags byte of the TCP header after a 20-byte IPv4 header)
+		// gopacket computed the checksum without RST: fix it by rebuilding.
+		ip, tcp := &layers.IPv4{}, &layers.TCP{}
+		p := gopacket.NewPacket(b, layers.LayerTypeIPv4, gopacket.Default)
+		*ip = *p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		*tcp = *p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+		tcp.SetNetworkLayerForChecksum(ip)
+		buf := gopacket.NewSerializeBuffer()
+		gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp)
+		return buf.Bytes()
+	}
+	h.send(rst(h.sseq + 1000))
+	s := h.w.sessions[sessKey{client, server}]
+	if s == nil || s.eng.Closed() || !s.closedAt.IsZero() {
+		t.Fatal("a blind RST ended the session")
+	}
+	h.send(rst(h.sseq))
+	if s.closedAt.IsZero() {
+		t.Error("the exact RST did not end the session")
+	}
+}
+
+// TestYoungSessionsAreCappedAndShortLived: SYNs that get no answer open sessions counted apart
+// (so that a SYN flood cannot take the places of real sessions) and forgotten after
+// youngTimeout; a session whose server spoke is no longer young.
+func TestYoungSessionsAreCappedAndShortLived(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	for i := 0; i < maxYoung+100; i++ {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), uint16(1024+i/256))
+		h.send(tcpPacket(t, src, server, uint32(i), 0, true, false, ""))
+	}
+	if h.w.young != maxYoung {
+		t.Errorf("%d young sessions, want the cap %d", h.w.young, maxYoung)
+	}
+	h.w.sweep(h.now.Add(youngTimeout))
+	if len(h.w.sessions) != 1 || h.w.young != 0 {
+		t.Errorf("after youngTimeout: %d sessions, %d young; want only the answered one", len(h.w.sessions), h.w.young)
+	}
+}
+
+func TestClientKeyCountsIPv6By64(t *testing.T) {
+	a := clientKey(netip.MustParseAddr("2001:db8:1:2:aaaa::1"))
+	b := clientKey(netip.MustParseAddr("2001:db8:1:2:bbbb::2"))
+	c := clientKey(netip.MustParseAddr("2001:db8:1:3::1"))
+	if a != b || a == c {
+		t.Errorf("clientKey: %s %s %s; want the first two equal, the third apart", a, b, c)
+	}
+	if v4 := clientKey(netip.MustParseAddr("::ffff:192.0.2.1")); v4 != netip.MustParseAddr("192.0.2.1") {
+		t.Errorf("clientKey(mapped) = %s", v4)
 	}
 }
