@@ -41,9 +41,9 @@ const (
 	noSyn                // picked up mid-stream: no SYN, no greeting
 )
 
-// run feeds the steps (after the start) and describes every decision, spans resolved against
-// the text of the steps.
-func run(t *testing.T, cfg *Config, alias netip.Addr, how start, steps []step) ([]string, *Session) {
+// run feeds the steps (after the start, then setup if not nil) and describes every decision,
+// spans resolved against the text of the steps.
+func run(t *testing.T, cfg *Config, alias netip.Addr, how start, setup func(*Session), steps []step) ([]string, *Session) {
 	t.Helper()
 	s := NewSession(testClient, testServer, cfg)
 	if alias.IsValid() {
@@ -61,6 +61,9 @@ func run(t *testing.T, cfg *Config, alias netip.Addr, how start, steps []step) (
 		out = s.Feed(Segment{Dir: FromServer, Seq: isn[FromServer] + 1, Payload: []byte(greeting)}, out)
 		stream[FromServer] = []byte(greeting)
 		isn[FromServer] += uint32(len(greeting))
+	}
+	if setup != nil {
+		setup(s)
 	}
 	base := len(stream[FromServer])
 	for _, st := range steps {
@@ -436,7 +439,7 @@ func TestSessionStream(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, s := run(t, tt.cfg, tt.alias, tt.how, tt.steps)
+			got, s := run(t, tt.cfg, tt.alias, tt.how, nil, tt.steps)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("decisions (-want +got):\n%s", diff)
 			}
