@@ -201,9 +201,12 @@ func (s *Session) Sync(d Dir, isn uint32) {
 
 // Partial reports an incomplete line buffered in direction d: the stream seq of its first
 // byte, its length so far, and whether it could still become a line that must be rewritten or
-// neutralised: its prefix matches "PORT ", "EPRT ", "LPRT " (client, verbs case-insensitive),
-// or "227 " / "229 " while PASV / EPSV is the command the next final reply answers. When
-// nothing is buffered it returns the next expected seq, 0 and false.
+// neutralised: its prefix (after Telnet commands) matches "PORT ", "EPRT ", "LPRT " (client,
+// verbs case-insensitive), or "227 " / "229 " while PASV / EPSV is the command the next final
+// reply answers, or while a picked-up session is unproven (any 227/229 is then neutralised).
+// Before the server's greeting is over a client line is no candidate (it will make the
+// session not FTP), and a session found not FTP has none at all. When nothing is buffered (or
+// the session is not FTP) it returns the next expected seq, 0 and false.
 func (s *Session) Partial(d Dir) (start uint32, n int, candidate bool) {
 	if d > FromServer {
 		return 0, 0, false
