@@ -53,7 +53,8 @@
 // their verb neutralised, and 227 and 229 (any reply line with that code, paired or not) with
 // their code neutralised, so nothing private leaks. Resume(d, seq) tells the engine that a
 // picked-up direction is at a line start at seq, so that its first line is parsed instead of
-// skipped up to its LF. Vouch() tells it that state outside the stream (the conntrack entry
+// skipped up to its LF; that start is the caller's guess, so a first client line after it
+// with no known verb is skipped as a tail rather than refused. Vouch() tells it that state outside the stream (the conntrack entry
 // shows that ftpalg already rewrote the connection) proves the session.
 //
 // A connection found not to be FTP gets one Decision: ActReject with Reason "not_ftp" (Cmd is

@@ -212,6 +212,20 @@ func TestProof(t *testing.T) {
 			notFTP: true,
 		},
 		{
+			name:  "mid-stream: Resume guessed wrong (a command's tail): skipped, not refused; the next line is",
+			how:   noSyn,
+			setup: resume(0, 0),
+			steps: []step{
+				{dir: C, off: 0, text: "OR file.bin\r\n"},
+				{dir: S, off: 0, text: "150 Opening data connection.\r\n"},
+				{dir: C, off: 13, text: "NOOP\r\n"},
+				{dir: S, off: 30, text: "200 ok\r\n"},
+				{dir: C, off: 19, text: "GET / HTTP/1.1\r\n"},
+			},
+			want:   []string{notFTPClient},
+			notFTP: true,
+		},
+		{
 			name:   "vouched and resumed: PORT opens at once",
 			how:    noSyn,
 			setup:  func(s *Session) { s.Vouch(); resume(0, -1)(s) },

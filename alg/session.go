@@ -63,6 +63,7 @@ type Session struct {
 	phase    phase
 	answerAt uint32 // phaseAnswer: a server reply proves the exchange if it starts here or later
 	answerOK bool   // answerAt is meaningful (the server direction had been seen)
+	guess    bool   // the client's next line starts where Resume guessed a line starts
 
 	stats Stats
 }
@@ -165,7 +166,9 @@ func (s *Session) Vouch() {
 // looks like whole lines (it starts a line and ends with LF). It is a no-op once the direction
 // has been fed payload or its SYN (pure ACKs fed before do not count), and after Sync. The
 // pairing of replies with commands stays unknown, as for any mid-stream start, and the session
-// is not proven by it: see Vouch.
+// is not proven by it: see Vouch. The caller's line start is a guess: if the client's first
+// line after it has no known verb, it is taken as the tail of a line (skipped), not as a sign
+// that the session is not FTP.
 func (s *Session) Resume(d Dir, seq uint32) {
 	if d > FromServer {
 		return
@@ -175,6 +178,7 @@ func (s *Session) Resume(d Dir, seq uint32) {
 		return
 	}
 	ds.init, ds.sync, ds.long, ds.next, ds.plen = true, true, false, seq, 0
+	s.guess = d == FromClient
 	s.midStream()
 }
 
@@ -452,10 +456,14 @@ func (s *Session) clientLine(b []byte, start uint32, long bool, out []Decision) 
 	}
 	kind, known := classify(b[t:v])
 	verb := Span{Seq: start + uint32(t), Len: v - t}
+	guess := s.guess
+	s.guess = false
 	if s.phase < phaseProven {
 		switch {
 		case s.phase == phaseGreet || s.phase == phaseGreeting:
 			return s.refuseSession(FromClient, kind, out) // the client spoke first
+		case !known && t < len(b) && guess:
+			return out // Resume guessed wrong: the tail of a line
 		case !known && t < len(b):
 			return s.refuseSession(FromClient, kind, out) // not an FTP command
 		case kind == CmdPORT || kind == CmdEPRT:
