@@ -137,16 +137,31 @@ func fuzzScript(script []byte) []tline {
 
 // FuzzFeed drives a session with a transcript made of fuzz lines, each run of same-direction
 // lines cut into random pieces that are sent reordered, duplicated and overlapping, with a
-// random policy. Invariants: no panic; an ActOpen's endpoint is the sender's own address (or
-// the server alias), unless Loose; spans lie inside bytes that were fed; buffers and held
-// bytes stay within their bounds; and when no bytes were given up (no gap), the decisions
-// are exactly those of the line-per-segment feed.
+// random policy. mode picks how the session starts: bit 0 picked up mid-stream (a pure ACK
+// first in each direction), bit 1 with Resume at each direction's first byte, bit 2 vouched
+// for. Invariants: no panic; an ActOpen's endpoint is the sender's own address (or the server
+// alias), unless Loose; only a proven session opens; a session found not FTP says so once and
+// then decides nothing and holds nothing; a session from its SYN whose client speaks first,
+// or whose server's first line is no 1xx/2xx reply, never opens; spans lie inside bytes that
+// were fed; buffers and held bytes stay within their bounds; and when no bytes were given up
+// (no gap), the decisions are exactly those of the line-per-segment feed.
 func FuzzFeed(f *testing.F) {
-	f.Add([]byte("S220 ready\r\nCPASV\r\nS227 Entering Passive Mode (198,51,100,20,19,137).\r\nCPORT 192,0,2,10,4,1\r\nS200 ok\r\n"), uint64(1), uint8(0))
-	f.Add([]byte("CEPSV\r\nS229 Entering Extended Passive Mode (|||6446|)\r\nCEPRT |1|192.0.2.10|5000|\r\n"), uint64(2), uint8(1))
-	f.Add([]byte("S220-x\r\nS227 (198,51,100,20,19,137)\r\nS220 y\r\nCPORT 203,0,113,5,0,21\r\nCAUTH TLS\r\nS234 go\r\nCPORT 192,0,2,10,4,1\r\n"), uint64(3), uint8(0x1e))
-	f.Add([]byte("CPASV\nS227 =203,0,113,7,19,137\nCPASV\nS227 =203,0,113,5,19,137\n"), uint64(4), uint8(0x20))
-	f.Fuzz(func(t *testing.T, script []byte, seed uint64, flags uint8) {
+	f.Add([]byte("S220 ready\r\nCPASV\r\nS227 Entering Passive Mode (198,51,100,20,19,137).\r\nCPORT 192,0,2,10,4,1\r\nS200 ok\r\n"), uint64(1), uint8(0), uint8(0))
+	f.Add([]byte("S220 ready\r\nCEPSV\r\nS229 Entering Extended Passive Mode (|||6446|)\r\nCEPRT |1|192.0.2.10|5000|\r\n"), uint64(2), uint8(1), uint8(0))
+	f.Add([]byte("S220-x\r\nS227 (198,51,100,20,19,137)\r\nS220 y\r\nCPORT 203,0,113,5,0,21\r\nCAUTH TLS\r\nS234 go\r\nCPORT 192,0,2,10,4,1\r\n"), uint64(3), uint8(0x1e), uint8(0))
+	f.Add([]byte("S220 ready\nCPASV\nS227 =203,0,113,7,19,137\nCPASV\nS227 =203,0,113,5,19,137\n"), uint64(4), uint8(0x20), uint8(0))
+	// Not FTP: a client first, HTTP after a greeting (PORT in the body), SMTP, a bad greeting.
+	f.Add([]byte("CPOST / HTTP/1.1\r\nCHost: x\r\nC\r\nCPORT 192,0,2,10,12,234\r\nS200 ok\r\n"), uint64(5), uint8(0), uint8(0))
+	f.Add([]byte("S220 ready\r\nCUSER / HTTP/1.1\r\nS331 pw\r\nCHost: x\r\nC\r\nCPORT 192,0,2,10,12,234\r\n"), uint64(6), uint8(0), uint8(0))
+	f.Add([]byte("S220 mail ESMTP\r\nCEHLO x\r\nS250 ok\r\nCPORT 192,0,2,10,4,1\r\n"), uint64(7), uint8(0), uint8(0))
+	f.Add([]byte("SSSH-2.0-x\r\nCPORT 192,0,2,10,4,1\r\nS227 (198,51,100,20,19,137)\r\n"), uint64(8), uint8(0), uint8(0))
+	f.Add([]byte("S120 soon\r\nS220-a\r\nS227 (198,51,100,20,19,137)\r\nS220 b\r\nC\xff\xf4\xff\xf2ABOR\r\nS226 ok\r\nCPORT 192,0,2,10,4,1\r\n"), uint64(9), uint8(0), uint8(0))
+	// Picked up mid-stream: plain (first lines skipped), resumed, resumed and vouched for.
+	f.Add([]byte("CPE I\r\nSok.\r\nCPORT 192,0,2,10,4,1\r\nS500 no\r\nCNOOP\r\nS200 ok\r\nCPORT 192,0,2,10,4,2\r\nCPASV\r\nS227 (198,51,100,20,19,137)\r\n"), uint64(10), uint8(0), uint8(1))
+	f.Add([]byte("CPORT 192,0,2,10,4,1\r\nS227 (198,51,100,20,19,137)\r\nCTYPE I\r\nS200 ok\r\nCPORT 192,0,2,10,4,2\r\n"), uint64(11), uint8(0), uint8(3))
+	f.Add([]byte("CPORT 192,0,2,10,4,1\r\nS200 ok\r\nCPASV\r\nS227 (198,51,100,20,19,137)\r\n"), uint64(12), uint8(0), uint8(7))
+	f.Add([]byte("Cngth: 0\r\nSTTP/1.1 200 OK\r\nCPOST /x HTTP/1.1\r\nCPORT 192,0,2,10,4,1\r\n"), uint64(13), uint8(0), uint8(1))
+	f.Fuzz(func(t *testing.T, script []byte, seed uint64, flags uint8, mode uint8) {
 		if len(script) > 1<<14 {
 			return
 		}
@@ -163,12 +178,42 @@ func FuzzFeed(f *testing.F) {
 			MaxLine:       []int{0, 12, 40, 100}[flags>>3&3],
 			MaxHold:       []int{0, 64}[flags>>5&1],
 		}
-		tr := transcript{client: client, server: server, lines: lines}
+		tr := transcript{client: client, server: server, lines: lines,
+			pickup: mode&1 != 0, resume: mode&3 == 3, vouch: mode&4 != 0}
 		isnC, isnS := uint32(seed), uint32(seed>>32)
 
 		ref := newFeeder(tr, cfg, isnC, isnS)
 		ref.s.SetServerAlias(alias)
-		ref.feedLines(tr)
+		for _, l := range tr.lines {
+			n := len(ref.out)
+			notFTP := ref.s.NotFTP()
+			ref.feed(l.dir, ref.off[l.dir], ref.off[l.dir]+len(l.text))
+			ref.off[l.dir] += len(l.text)
+			checkProof(t, ref, n, notFTP)
+		}
+		if !tr.pickup && !tr.vouch && len(lines) > 0 && ref.s.stats.Gaps == 0 {
+			// From the SYN, line by line: a client that speaks first (a complete line before
+			// any server line), or a server whose first complete line is no 1xx/2xx reply,
+			// is not FTP.
+			first := lines[0]
+			complete := bytes.HasSuffix(first.text, []byte("\n"))
+			bad := first.dir == FromClient && complete
+			if first.dir == FromServer && complete {
+				l := bytes.TrimSuffix(bytes.TrimSuffix(first.text, []byte("\n")), []byte("\r"))
+				c, ok := replyCode(l)
+				bad = !ok || c >= 300 || (c >= 227 && c <= 229) || (len(l) > 3 && l[3] != ' ' && l[3] != '-')
+			}
+			if bad {
+				for _, d := range ref.out {
+					if d.Action == ActOpen {
+						t.Fatalf("open in a session whose first line is %q: %+v", first.text, d)
+					}
+				}
+				if !ref.s.NotFTP() {
+					t.Fatalf("first line %q, session not found not FTP", first.text)
+				}
+			}
+		}
 
 		rng := rand.New(rand.NewPCG(seed, uint64(flags)))
 		got := newFeeder(tr, cfg, isnC, isnS)
@@ -181,8 +226,11 @@ func FuzzFeed(f *testing.F) {
 			}
 			start := got.off[d]
 			for _, p := range randomPieces(rng, n) {
+				k := len(got.out)
+				notFTP := got.s.NotFTP()
 				got.feed(d, start+p.from, start+p.to)
 				checkInvariants(t, got, cfg)
+				checkProof(t, got, k, notFTP)
 			}
 			got.off[d] += n
 		}
@@ -240,6 +288,38 @@ func checkInvariants(t *testing.T, f *feeder, cfg *Config) {
 	}
 	if s.pending > orDefault(cfg.MaxPending, defaultMaxPending) {
 		t.Fatalf("pending %d over the limit", s.pending)
+	}
+}
+
+// checkProof checks the decisions from index from on, made by one Feed: only a proven session
+// opens; a session found not FTP says so once, then decides nothing and holds nothing.
+func checkProof(t *testing.T, f *feeder, from int, wasNotFTP bool) {
+	t.Helper()
+	s := f.s
+	if wasNotFTP && len(f.out) > from {
+		t.Fatalf("decisions after not_ftp: %+v", f.out[from:])
+	}
+	for i, d := range f.out[from:] {
+		switch {
+		case d.Action == ActOpen && !s.Proven():
+			t.Fatalf("open in a session not proven: %+v", d)
+		case d.Reason == ReasonNotFTP:
+			if !s.NotFTP() || from+i != len(f.out)-1 || d.Action != ActReject || d.Neutral.Len != 0 {
+				t.Fatalf("not_ftp %+v: NotFTP %v, decision %d of %d", d, s.NotFTP(), from+i, len(f.out))
+			}
+		case d.Reason == ReasonUnproven && (s.Proven() && d.Action == ActOpen || d.Neutral.Len == 0):
+			t.Fatalf("unproven decision %+v not neutralised", d)
+		}
+	}
+	if s.NotFTP() {
+		if s.Proven() {
+			t.Fatal("proven and not FTP")
+		}
+		for d := range 2 {
+			if _, n, cand := s.Partial(Dir(d)); n != 0 || cand {
+				t.Fatalf("Partial(%v) = %d, %v on a session not FTP", Dir(d), n, cand)
+			}
+		}
 	}
 }
 

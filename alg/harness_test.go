@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -17,12 +18,19 @@ import (
 //	# comment
 //	client 192.0.2.10:50312      endpoints as seen in the packets
 //	server 198.51.100.20:21
+//	pickup [resume] [vouch]      picked up mid-stream: no SYN, a pure ACK first in each
+//	                             direction; then Resume at the first byte of each direction,
+//	                             Vouch
 //	S: text                      server line, CRLF appended
 //	s: text                      server line, bare LF
 //	C: text / c: text            client line, CRLF / bare LF
+//
+// A text in double quotes is unquoted as a Go string ("\xff\xf4ABOR").
 type transcript struct {
 	name           string
 	client, server netip.AddrPort
+	pickup         bool // no SYN: the session starts mid-stream
+	resume, vouch  bool // with pickup: Resume both directions at their first byte; Vouch
 	lines          []tline
 }
 
@@ -48,8 +56,28 @@ func loadTranscript(t testing.TB, path string) transcript {
 			tr.client = netip.MustParseAddrPort(l[len("client "):])
 		case strings.HasPrefix(l, "server "):
 			tr.server = netip.MustParseAddrPort(l[len("server "):])
+		case l == "pickup" || strings.HasPrefix(l, "pickup "):
+			tr.pickup = true
+			for _, w := range strings.Fields(l)[1:] {
+				switch w {
+				case "resume":
+					tr.resume = true
+				case "vouch":
+					tr.vouch = true
+				default:
+					t.Fatalf("%s: bad pickup option %q", path, w)
+				}
+			}
 		case len(l) >= 3 && l[1:3] == ": ":
-			tl := tline{text: []byte(l[3:])}
+			text := l[3:]
+			if strings.HasPrefix(text, `"`) {
+				u, err := strconv.Unquote(text)
+				if err != nil {
+					t.Fatalf("%s: bad quoted line %q: %v", path, l, err)
+				}
+				text = u
+			}
+			tl := tline{text: []byte(text)}
 			switch l[0] {
 			case 'C', 'c':
 				tl.dir = FromClient
@@ -95,7 +123,18 @@ func newFeeder(tr transcript, cfg *Config, isnC, isnS uint32) *feeder {
 	}
 	for d := range 2 {
 		f.fed[d] = make([]bool, len(f.stream[d]))
-		f.out = f.s.Feed(Segment{Dir: Dir(d), Seq: f.isn[d], SYN: true}, f.out)
+		if !tr.pickup {
+			f.out = f.s.Feed(Segment{Dir: Dir(d), Seq: f.isn[d], SYN: true}, f.out)
+			continue
+		}
+		// Picked up mid-stream: the first segment seen is a pure ACK at the first byte.
+		f.out = f.s.Feed(Segment{Dir: Dir(d), Seq: f.isn[d] + 1}, f.out)
+		if tr.resume {
+			f.s.Resume(Dir(d), f.isn[d]+1)
+		}
+	}
+	if tr.vouch {
+		f.s.Vouch()
 	}
 	return f
 }

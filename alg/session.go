@@ -15,6 +15,22 @@ const ringSize = 8
 // move the stream position.
 const maxJump = 1 << 24
 
+// phase is how far a session has come in proving that it carries an FTP dialogue. It only
+// moves forward: greet → greeting → ready → proven, or exchange → answer → ready → proven
+// (a session picked up mid-stream, or one that lost bytes before its greeting was complete);
+// any phase before proven can end in notFTP instead, which is final.
+type phase uint8
+
+const (
+	phaseGreet    phase = iota // from the SYN: no server line yet; the first must be a 1xx/2xx reply
+	phaseGreeting              // the greeting began (1xx, or an open multi-line 2xx); not over yet
+	phaseExchange              // mid-stream: waiting for a client command with a known verb
+	phaseAnswer                // mid-stream: known verb seen; waiting for a server reply after it
+	phaseReady                 // greeted or exchanged: the first PORT/EPRT/227/229 proves the session
+	phaseProven                // proven (or vouched for): no more checks
+	phaseNotFTP                // not an FTP dialogue: nothing is parsed any more
+)
+
 // Session is the state of one FTP control connection. It is not safe for concurrent use.
 // An idle session holds no buffers: the line buffer and the hold buffer of a direction are
 // allocated the first time a line spans segments or a segment arrives out of order.
@@ -40,13 +56,21 @@ type Session struct {
 	multi       uint16 // code of the multi-line reply in progress, 0 if none
 	pending     int
 	passthrough bool
+	mute        bool // nothing is parsed any more: passthrough (TLS) or not FTP
 	closed      bool
+
+	// Proof that the connection is an FTP dialogue (see doc.go, "Proof").
+	phase    phase
+	answerAt uint32 // phaseAnswer: a server reply proves the exchange if it starts here or later
+	answerOK bool   // answerAt is meaningful (the server direction had been seen)
+	guess    bool   // the client's next line starts where Resume guessed a line starts
 
 	stats Stats
 }
 
 type dirState struct {
 	init bool   // next is known
+	seen bool   // payload was fed (Resume no longer applies)
 	sync bool   // at a true line boundary: lines are parsed; else skipping to the next LF
 	long bool   // skipping the rest of a line longer than maxLine (already reported)
 	fin  bool   // FIN seen
@@ -117,6 +141,57 @@ func (s *Session) Release() {
 	}
 }
 
+// Proven reports whether the session has proven to be an FTP dialogue (or was vouched for):
+// only then does it open pinholes. A proven session stays proven.
+func (s *Session) Proven() bool { return s.phase == phaseProven }
+
+// NotFTP reports whether the session was found not to be an FTP dialogue (the one Decision
+// with ReasonNotFTP was returned): from then on nothing is parsed, nothing is decided, and the
+// caller may stop holding or inspecting its packets.
+func (s *Session) NotFTP() bool { return s.phase == phaseNotFTP }
+
+// Vouch declares, from state outside the stream, that the session is an FTP dialogue: the
+// caller knows (say, from the conntrack entry) that ftpalg already inspected and rewrote this
+// connection before it picked it up again. The session is proven from now on. It does not
+// revive a session already found not to be FTP.
+func (s *Session) Vouch() {
+	if s.phase != phaseNotFTP {
+		s.phase = phaseProven
+	}
+}
+
+// Resume declares, for a session picked up mid-stream, that direction d is at a true line
+// boundary at stream position seq: its first line is parsed from seq instead of being skipped
+// up to the first LF. The caller knows it when the first segment it sees of that direction
+// looks like whole lines (it starts a line and ends with LF). It is a no-op once the direction
+// has been fed payload or its SYN (pure ACKs fed before do not count), and after Sync. The
+// pairing of replies with commands stays unknown, as for any mid-stream start, and the session
+// is not proven by it: see Vouch. The caller's line start is a guess: if the client's first
+// line after it has no known verb, it is taken as the tail of a line (skipped), not as a sign
+// that the session is not FTP.
+func (s *Session) Resume(d Dir, seq uint32) {
+	if d > FromServer {
+		return
+	}
+	ds := &s.dirs[d]
+	if ds.seen || (ds.init && ds.sync) {
+		return
+	}
+	ds.init, ds.sync, ds.long, ds.next, ds.plen = true, true, false, seq, 0
+	s.guess = d == FromClient
+	s.midStream()
+}
+
+// midStream notes that a direction started (or went on) from bytes not seen from the start:
+// the pairing is unknown and the greeting cannot be checked, so the session must show an
+// exchange instead.
+func (s *Session) midStream() {
+	s.lost = true
+	if s.phase == phaseGreet || s.phase == phaseGreeting {
+		s.phase = phaseExchange
+	}
+}
+
 // Sync declares that the stream of direction d starts after isn (the SYN's sequence number),
 // for a caller that learnt the ISN without feeding the SYN itself. It is a no-op once the
 // direction has seen a segment.
@@ -130,21 +205,34 @@ func (s *Session) Sync(d Dir, isn uint32) {
 
 // Partial reports an incomplete line buffered in direction d: the stream seq of its first
 // byte, its length so far, and whether it could still become a line that must be rewritten or
-// neutralised: its prefix matches "PORT ", "EPRT ", "LPRT " (client, verbs case-insensitive),
-// or "227 " / "229 " while PASV / EPSV is the command the next final reply answers. When
-// nothing is buffered it returns the next expected seq, 0 and false.
+// neutralised: its prefix (after Telnet commands) matches "PORT ", "EPRT ", "LPRT " (client,
+// verbs case-insensitive), or "227 " / "229 " while PASV / EPSV is the command the next final
+// reply answers, or while a picked-up session is unproven (any 227/229 is then neutralised).
+// Before the server's greeting is over a client line is no candidate (it will make the
+// session not FTP), and a session found not FTP has none at all. When nothing is buffered (or
+// the session is not FTP) it returns the next expected seq, 0 and false.
 func (s *Session) Partial(d Dir) (start uint32, n int, candidate bool) {
 	if d > FromServer {
 		return 0, 0, false
 	}
 	ds := &s.dirs[d]
-	if !ds.sync || ds.plen == 0 || s.passthrough || s.closed {
+	if !ds.sync || ds.plen == 0 || s.mute || s.closed {
 		return ds.next, 0, false
 	}
 	b := ds.buf[:ds.plen]
 	if d == FromClient {
-		candidate = prefixFold(b, "PORT ") || prefixFold(b, "EPRT ") || prefixFold(b, "LPRT ")
-	} else {
+		if s.phase == phaseGreet || s.phase == phaseGreeting {
+			// A command before the greeting makes the session not FTP: nothing to rewrite.
+			return ds.pstart, ds.plen, false
+		}
+		b = b[skipTelnet(b):]
+		candidate = prefixFold(b, "PORT ") || prefixFold(b, "EPRT ") || prefixFold(b, "LPRT ") ||
+			(len(b) > 0 && b[0] == iac) // a Telnet command not complete yet: could still precede PORT
+	} else if s.phase == phaseExchange || s.phase == phaseAnswer {
+		// Unproven: any 227/229 reply line is refused and its code neutralised.
+		candidate = (s.multi == 0 || s.multi == 227) && prefixFold(b, "227 ") ||
+			(s.multi == 0 || s.multi == 229) && prefixFold(b, "229 ")
+	} else if s.phase != phaseGreet && s.phase != phaseGreeting {
 		front := s.front()
 		want := uint16(0)
 		switch {
@@ -208,11 +296,12 @@ func (s *Session) Feed(seg Segment, out []Decision) []Decision {
 	}
 	if !d.init {
 		// Mid-stream start: position known, line boundary not; replies and commands
-		// before this point are unknown, so the pairing is too.
+		// before this point are unknown, so the pairing is too, and so is the greeting.
 		d.init, d.sync, d.next = true, false, seq
-		s.lost = true
+		s.midStream()
 	}
-	if len(seg.Payload) > 0 && !s.passthrough {
+	if len(seg.Payload) > 0 && !s.mute {
+		d.seen = true
 		out = s.segment(seg.Dir, d, seq, seg.Payload, out)
 	}
 	if seg.FIN {
@@ -254,7 +343,7 @@ func (s *Session) segment(dir Dir, d *dirState, seq uint32, p []byte, out []Deci
 	}
 	d.next = seq
 	d.plen, d.sync, d.long = 0, false, false
-	s.lost = true
+	s.midStream()
 	out = append(out, Decision{Action: ActNote, Dir: dir, Reason: ReasonResync})
 	return s.inOrder(dir, d, p, out)
 }
@@ -265,7 +354,7 @@ func (s *Session) inOrder(dir Dir, d *dirState, p []byte, out []Decision) []Deci
 		d.hold.clear(d.next, len(p))
 	}
 	out = s.consume(dir, d, p, out)
-	for d.hold != nil && d.hold.n > 0 && !s.passthrough {
+	for d.hold != nil && d.hold.n > 0 && !s.mute {
 		chunk := d.hold.run(d.next)
 		if len(chunk) == 0 {
 			break
@@ -282,7 +371,7 @@ func (s *Session) consume(dir Dir, d *dirState, p []byte, out []Decision) []Deci
 	pos := d.next
 	d.next += uint32(len(p))
 	s.stats.Bytes += uint64(len(p))
-	for len(p) > 0 && !s.passthrough {
+	for len(p) > 0 && !s.mute {
 		i := bytes.IndexByte(p, '\n')
 		if !d.sync {
 			if i < 0 {
@@ -332,7 +421,7 @@ func (s *Session) consume(dir Dir, d *dirState, p []byte, out []Decision) []Deci
 // neutralise an over-long PORT/EPRT/LPRT that a lenient server might still act on.
 func (s *Session) tooLong(dir Dir, d *dirState, rest []byte, out []Decision) []Decision {
 	s.stats.LongLines++
-	var hb [5]byte
+	var hb [16]byte // room for Telnet commands before the longest verb and its separator
 	h := append(hb[:0], d.buf[:min(d.plen, len(hb))]...)
 	h = append(h, rest[:min(len(rest), len(hb)-len(h))]...)
 	if dir == FromClient {
@@ -354,43 +443,40 @@ func (s *Session) line(dir Dir, b []byte, start uint32, out []Decision) []Decisi
 	return s.serverLine(b, start, false, out)
 }
 
-// verbs recognised, upper case, all four letters.
-func classify(verb []byte) Cmd {
-	if len(verb) != 4 {
-		return CmdOther
-	}
-	var v [4]byte
-	for i, c := range verb {
-		v[i] = upper(c)
-	}
-	switch string(v[:]) {
-	case "PORT":
-		return CmdPORT
-	case "EPRT":
-		return CmdEPRT
-	case "PASV":
-		return CmdPASV
-	case "EPSV":
-		return CmdEPSV
-	case "LPRT":
-		return CmdLPRT
-	case "LPSV":
-		return CmdLPSV
-	case "AUTH":
-		return CmdAUTH
-	}
-	return CmdOther
-}
-
 func (s *Session) clientLine(b []byte, start uint32, long bool, out []Decision) []Decision {
-	// The verb ends at a space or a tab: some servers split on any white space, and a verb
-	// they would act on must not escape inspection.
-	v := bytes.IndexAny(b, " \t")
+	// The verb starts after Telnet commands (IAC IP, IAC DM before ABOR) and ends at a space
+	// or a tab: some servers split on any white space, and a verb they would act on must not
+	// escape inspection.
+	t := skipTelnet(b)
+	v := bytes.IndexAny(b[t:], " \t")
 	if v < 0 {
 		v = len(b)
+	} else {
+		v += t
 	}
-	kind := classify(b[:v])
-	verb := Span{Seq: start, Len: v}
+	kind, known := classify(b[t:v])
+	verb := Span{Seq: start + uint32(t), Len: v - t}
+	guess := s.guess
+	s.guess = false
+	if s.phase < phaseProven {
+		switch {
+		case s.phase == phaseGreet || s.phase == phaseGreeting:
+			return s.refuseSession(FromClient, kind, out) // the client spoke first
+		case !known && t < len(b) && guess:
+			return out // Resume guessed wrong: the tail of a line
+		case !known && t < len(b):
+			return s.refuseSession(FromClient, kind, out) // not an FTP command
+		case kind == CmdPORT || kind == CmdEPRT:
+			if s.phase == phaseReady {
+				s.phase = phaseProven
+			}
+		case s.phase == phaseExchange && known && !long && kind != CmdLPRT && kind != CmdLPSV:
+			// A command the server gets as sent (LPRT/LPSV are neutralised): its reply,
+			// or any reply that starts after it, completes an exchange.
+			sd := &s.dirs[FromServer]
+			s.phase, s.answerAt, s.answerOK = phaseAnswer, sd.next, sd.init
+		}
+	}
 	if long {
 		s.push(CmdUnknown)
 		dec := Decision{Action: ActNote, Cmd: CmdNone, Dir: FromClient, Reason: ReasonLineTooLong}
@@ -414,6 +500,11 @@ func (s *Session) clientLine(b []byte, start uint32, long bool, out []Decision) 
 	arg := b[a:e]
 	switch kind {
 	case CmdPORT, CmdEPRT:
+		if s.phase != phaseProven {
+			s.stats.Rejects++
+			return append(out, Decision{Action: ActReject, Cmd: kind, Dir: FromClient,
+				Reason: ReasonUnproven, Neutral: verb, NeutralWith: neutralVerb})
+		}
 		dec := Decision{Cmd: kind, Dir: FromClient, Text: Span{Seq: start + uint32(a), Len: len(arg)}}
 		var err error
 		if kind == CmdPORT {
@@ -437,6 +528,13 @@ func (s *Session) clientLine(b []byte, start uint32, long bool, out []Decision) 
 			Reason: ReasonUnsupported, Neutral: verb, NeutralWith: neutralVerb})
 	}
 	return out
+}
+
+// refuseSession marks the session as not FTP, for good, and says so once.
+func (s *Session) refuseSession(dir Dir, cmd Cmd, out []Decision) []Decision {
+	s.phase, s.mute = phaseNotFTP, true
+	s.stats.Rejects++
+	return append(out, Decision{Action: ActReject, Cmd: cmd, Dir: dir, Reason: ReasonNotFTP})
 }
 
 // check applies the pinhole policy to an announced endpoint: family, then owner, then port,
@@ -482,11 +580,27 @@ func (s *Session) decide(dec Decision, out []Decision) []Decision {
 	return append(out, dec)
 }
 
+// replyCode returns the code at the start of a server line, if it has one (100-599).
 func replyCode(b []byte) (uint16, bool) {
 	if len(b) < 3 || b[0] < '1' || b[0] > '5' || !isDigit(b[1]) || !isDigit(b[2]) {
 		return 0, false
 	}
 	return uint16(b[0]-'0')*100 + uint16(b[1]-'0')*10 + uint16(b[2]-'0'), true
+}
+
+// replyCmd is the Cmd of a reply code, for Decisions.
+func replyCmd(code uint16) Cmd {
+	switch code {
+	case 227:
+		return Cmd227
+	case 228:
+		return Cmd228
+	case 229:
+		return Cmd229
+	case 234:
+		return Cmd234
+	}
+	return CmdNone
 }
 
 func (s *Session) serverLine(b []byte, start uint32, long bool, out []Decision) []Decision {
@@ -497,21 +611,40 @@ func (s *Session) serverLine(b []byte, start uint32, long bool, out []Decision) 
 	}
 	note := Decision{Action: ActNote, Dir: FromServer, Reason: ReasonLineTooLong}
 	switch {
-	case s.multi != 0:
-		if !ok || code != s.multi || sep != ' ' {
-			if long {
-				out = append(out, note)
-			}
-			return out // text inside a multi-line reply, whatever it looks like
+	case s.multi != 0 && (!ok || code != s.multi || sep != ' '):
+		if long {
+			out = append(out, note)
 		}
+		return out // text inside a multi-line reply, whatever it looks like
+	case s.multi != 0:
 		s.multi = 0 // closing line: a normal reply line
 	case !ok || (sep != ' ' && sep != '-'):
+		if s.phase == phaseGreet || s.phase == phaseGreeting {
+			return s.refuseSession(FromServer, CmdNone, out) // no greeting: not an FTP server
+		}
 		s.stats.Garbage++
 		if long {
 			out = append(out, note)
 		}
 		return out
-	case sep == '-':
+	}
+	// A reply line: single, opening a multi-line reply, or closing one.
+	switch s.phase {
+	case phaseGreet, phaseGreeting:
+		switch {
+		case code >= 300 || (code >= 227 && code <= 229):
+			return s.refuseSession(FromServer, replyCmd(code), out)
+		case sep == '-' || code < 200:
+			s.phase = phaseGreeting
+		default:
+			s.phase = phaseReady // the greeting is over
+		}
+	case phaseAnswer:
+		if !s.answerOK || int32(start-s.answerAt) >= 0 {
+			s.phase = phaseReady // a command with a known verb, then a reply after it
+		}
+	}
+	if sep == '-' {
 		s.multi = code
 		if long {
 			out = append(out, note)
@@ -542,7 +675,7 @@ func (s *Session) serverLine(b []byte, start uint32, long bool, out []Decision) 
 			Reason: ReasonUnsupported, Neutral: codeSpan, NeutralWith: neutralReply})
 	case 234:
 		if cmd == CmdAUTH {
-			s.passthrough = true
+			s.passthrough, s.mute = true, true
 			if long {
 				out = append(out, note)
 			}
@@ -556,7 +689,12 @@ func (s *Session) serverLine(b []byte, start uint32, long bool, out []Decision) 
 		return out
 	}
 	dec.Dir = FromServer
+	if s.phase == phaseReady {
+		s.phase = phaseProven
+	}
 	switch {
+	case s.phase != phaseProven:
+		dec.Reason = ReasonUnproven
 	case cmd == CmdUnknown:
 		dec.Reason = ReasonUnpaired
 	case cmd != want:

@@ -21,7 +21,7 @@ const (
 )
 
 // step is one segment of a scripted exchange: off is the stream offset of its first byte
-// (ISN+1 is offset 0); noSyn leaves the SYN out (mid-stream start) for that direction.
+// (ISN+1 is offset 0, or the first byte after the greeting when run feeds one).
 type step struct {
 	dir      Dir
 	off      int
@@ -29,9 +29,21 @@ type step struct {
 	fin, rst bool
 }
 
-// run feeds the steps (after the two SYNs, unless noSyn) and describes every decision, spans
-// resolved against the text of the steps.
-func run(t *testing.T, cfg *Config, alias netip.Addr, noSyn bool, steps []step) ([]string, *Session) {
+// greeting is the server's first line in sessions followed from their start.
+const greeting = "220 ready\r\n"
+
+// start is how a scripted session begins.
+type start uint8
+
+const (
+	greeted start = iota // both SYNs, then the server's greeting; step offsets follow it
+	synOnly              // both SYNs, nothing else
+	noSyn                // picked up mid-stream: no SYN, no greeting
+)
+
+// run feeds the steps (after the start, then setup if not nil) and describes every decision,
+// spans resolved against the text of the steps.
+func run(t *testing.T, cfg *Config, alias netip.Addr, how start, setup func(*Session), steps []step) ([]string, *Session) {
 	t.Helper()
 	s := NewSession(testClient, testServer, cfg)
 	if alias.IsValid() {
@@ -39,19 +51,33 @@ func run(t *testing.T, cfg *Config, alias netip.Addr, noSyn bool, steps []step) 
 	}
 	isn := [2]uint32{isnClient, isnServer}
 	var out []Decision
-	if !noSyn {
+	var stream [2][]byte
+	if how != noSyn {
 		for d := range 2 {
 			out = s.Feed(Segment{Dir: Dir(d), Seq: isn[d], SYN: true}, out)
 		}
 	}
-	var stream [2][]byte
+	if how == greeted {
+		out = s.Feed(Segment{Dir: FromServer, Seq: isn[FromServer] + 1, Payload: []byte(greeting)}, out)
+		stream[FromServer] = []byte(greeting)
+		isn[FromServer] += uint32(len(greeting))
+	}
+	if setup != nil {
+		setup(s)
+	}
+	base := len(stream[FromServer])
 	for _, st := range steps {
-		if n := st.off + len(st.text); n > len(stream[st.dir]) {
+		o := st.off
+		if st.dir == FromServer {
+			o += base
+		}
+		if n := o + len(st.text); n > len(stream[st.dir]) {
 			stream[st.dir] = append(stream[st.dir], make([]byte, n-len(stream[st.dir]))...)
 		}
-		copy(stream[st.dir][st.off:], st.text)
+		copy(stream[st.dir][o:], st.text)
 		out = s.Feed(Segment{Dir: st.dir, Seq: isn[st.dir] + 1 + uint32(st.off), Payload: []byte(st.text), FIN: st.fin, RST: st.rst}, out)
 	}
+	isn[FromServer] -= uint32(base)
 	var r []string
 	for _, d := range out {
 		str := d.Action.String() + " " + d.Cmd.String() + " " + d.Dir.String()
@@ -90,7 +116,7 @@ func TestSessionStream(t *testing.T) {
 		name  string
 		cfg   *Config
 		alias netip.Addr
-		noSyn bool
+		how   start
 		steps []step
 		want  []string
 		check func(t *testing.T, s *Session)
@@ -137,22 +163,29 @@ func TestSessionStream(t *testing.T) {
 			},
 		},
 		{
-			name:  "mid-stream start: unsynchronised until the first LF, pairing unknown",
-			noSyn: true,
+			name: "mid-stream start: unsynchronised until the first LF, unproven until an exchange, pairing unknown",
+			how:  noSyn,
 			steps: []step{
 				{dir: C, off: 100, text: "ORT 203,0,113,5,0,21\r\nPORT 192,0,2,10,4,1\r\n"},
-				{dir: C, off: 142, text: pasv},
+				{dir: C, off: 143, text: pasv},
 				{dir: S, off: 500, text: r227},
 				{dir: S, off: 500 + len(r227), text: r227},
 			},
 			want: []string{
-				"open PORT client 192.0.2.10:1025 text=192,0,2,10,4,1",
+				"reject PORT client unproven neutral=PORT>XXXX",
+				// The second 227 follows PASV: an exchange, so the session is proven; but the
+				// server was not synchronised when PASV went, so the pairing is still unknown.
 				"reject 227 server unpaired",
+			},
+			check: func(t *testing.T, s *Session) {
+				if !s.Proven() {
+					t.Error("not proven after PASV and a reply")
+				}
 			},
 		},
 		{
-			name:  "after a mid-stream start, pairing recovers at the next PASV once the server is synchronised",
-			noSyn: true,
+			name: "after a mid-stream start, pairing recovers at the next PASV once the server is synchronised",
+			how:  noSyn,
 			steps: []step{
 				{dir: S, off: 500, text: "ing.\r\n200 NOOP ok.\r\n"},
 				{dir: C, off: 100, text: "P\r\n"},
@@ -169,8 +202,8 @@ func TestSessionStream(t *testing.T) {
 			},
 		},
 		{
-			name:  "a stale reply after the recovering PASV fails closed",
-			noSyn: true,
+			name: "a stale reply after the recovering PASV fails closed",
+			how:  noSyn,
 			steps: []step{
 				{dir: S, off: 500, text: "ing.\r\n"},
 				{dir: C, off: 100, text: "P\r\n" + pasv},
@@ -322,12 +355,41 @@ func TestSessionStream(t *testing.T) {
 			},
 		},
 		{
-			name: "binary and NUL bytes: no pinhole, no panic",
+			name: "binary and NUL bytes from the client: not FTP, nothing parsed after",
 			steps: []step{
-				{dir: C, off: 0, text: "\x00\xff\xfe\r\nPASV\x00\r\n\xff\xf4\xff\xf2ABOR\r\n"},
+				{dir: C, off: 0, text: "\x00\xff\xfe\r\nPASV\x00\r\n"},
+				{dir: S, off: 0, text: "227 (198,51,100,20,19,137)\r\n"},
+				{dir: C, off: 11, text: "PORT 192,0,2,10,4,1\r\n"},
+			},
+			want: []string{"reject other client not_ftp"},
+			check: func(t *testing.T, s *Session) {
+				if !s.NotFTP() || s.Proven() {
+					t.Errorf("NotFTP %v Proven %v, want true false", s.NotFTP(), s.Proven())
+				}
+			},
+		},
+		{
+			name: "Telnet IP and DM before ABOR; binary server lines: no pinhole, no panic",
+			steps: []step{
+				{dir: C, off: 0, text: "NOOP\r\n\xff\xf4\xff\xf2ABOR\r\n"},
 				{dir: S, off: 0, text: "\x00227 (198,51,100,20,19,137)\r\n500 a\r\n227\x00(198,51,100,20,19,137)\r\n227 (198,51,100,20,19,137)\r\n"},
 			},
 			want: []string{"reject 227 server unsolicited"},
+		},
+		{
+			name: "Telnet IP, then DM alone, then ABOR (BSD ftp sends IAC IP IAC urgent, then DM ABOR)",
+			steps: []step{
+				{dir: C, off: 0, text: "\xff\xf4\xff"},
+				{dir: C, off: 3, text: "\xf2ABOR\r\n\xf2abor\r\nPORT 192,0,2,10,4,1\r\n"},
+			},
+			want: []string{"open PORT client 192.0.2.10:1025 text=192,0,2,10,4,1"},
+		},
+		{
+			name: "a verb after Telnet commands is inspected; its span starts at the verb",
+			steps: []step{
+				{dir: C, off: 0, text: "\xff\xf4\xff\xf2PORT 203,0,113,5,4,1\r\n"},
+			},
+			want: []string{"reject PORT client bounce 203.0.113.5:1025 text=203,0,113,5,4,1 neutral=PORT>XXXX"},
 		},
 		{
 			name: "FIN both ways closes; nothing parsed after",
@@ -377,7 +439,7 @@ func TestSessionStream(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, s := run(t, tt.cfg, tt.alias, tt.noSyn, tt.steps)
+			got, s := run(t, tt.cfg, tt.alias, tt.how, nil, tt.steps)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("decisions (-want +got):\n%s", diff)
 			}
@@ -391,7 +453,8 @@ func TestSessionStream(t *testing.T) {
 func TestPartial(t *testing.T) {
 	tests := []struct {
 		name      string
-		before    []step // complete exchange first
+		noGreet   bool   // the server has not greeted yet
+		before    []step // complete exchange first (after the greeting)
 		dir       Dir
 		partial   string
 		candidate bool
@@ -411,6 +474,10 @@ func TestPartial(t *testing.T) {
 		{name: "229 while EPSV outstanding", before: []step{{dir: FromClient, text: "EPSV\r\n"}},
 			dir: FromServer, partial: "229 Entering", candidate: true},
 		{name: "227 without PASV", dir: FromServer, partial: "227 Entering Pa", candidate: false},
+		{name: "PORT before the greeting is no candidate: the session is not FTP", noGreet: true,
+			dir: FromClient, partial: "PORT 192", candidate: false},
+		{name: "a PORT after Telnet IP and DM", dir: FromClient, partial: "\xff\xf4\xff\xf2PO", candidate: true},
+		{name: "a PORT may follow an incomplete Telnet command", dir: FromClient, partial: "\xff", candidate: true},
 		{name: "inside a multi-line reply", before: []step{{dir: FromClient, text: "PASV\r\n"}, {dir: FromServer, text: "211-x\r\n"}},
 			dir: FromServer, partial: "227 (", candidate: false},
 	}
@@ -421,6 +488,10 @@ func TestPartial(t *testing.T) {
 			var off [2]int
 			for d := range 2 {
 				s.Feed(Segment{Dir: Dir(d), Seq: isn[d], SYN: true}, nil)
+			}
+			if !tt.noGreet {
+				s.Feed(Segment{Dir: FromServer, Seq: isn[FromServer] + 1, Payload: []byte(greeting)}, nil)
+				off[FromServer] = len(greeting)
 			}
 			for _, st := range append(tt.before, step{dir: tt.dir, text: tt.partial}) {
 				s.Feed(Segment{Dir: st.dir, Seq: isn[st.dir] + 1 + uint32(off[st.dir]), Payload: []byte(st.text)}, nil)
@@ -453,14 +524,26 @@ var noCommandSegments = []struct {
 	{name: "FEAT list", dir: FromServer, text: "211-Features:\r\n EPRT\r\n EPSV\r\n MDTM\r\n PASV\r\n REST STREAM\r\n SIZE\r\n TVFS\r\n UTF8\r\n211 End\r\n"},
 }
 
+// greetedSession returns a session between testClient and testServer, both ISNs 0, whose
+// server has sent the greeting: the client stream is at 1, the server's at 1+len(greeting).
+func greetedSession(cfg *Config) *Session {
+	s := NewSession(testClient, testServer, cfg)
+	s.Feed(Segment{Dir: FromClient, Seq: 0, SYN: true}, nil)
+	s.Feed(Segment{Dir: FromServer, Seq: 0, SYN: true}, nil)
+	s.Feed(Segment{Dir: FromServer, Seq: 1, Payload: []byte(greeting)}, nil)
+	return s
+}
+
 // TestNoCommandZeroAlloc asserts the hot-path claim: a segment with no command allocates
 // nothing, also when it continues a line split across segments (once the buffer exists).
 func TestNoCommandZeroAlloc(t *testing.T) {
 	for _, tt := range noCommandSegments {
 		t.Run(tt.name, func(t *testing.T) {
-			s := NewSession(testClient, testServer, nil)
+			s := greetedSession(nil)
 			seq := uint32(1)
-			s.Feed(Segment{Dir: tt.dir, Seq: seq - 1, SYN: true}, nil)
+			if tt.dir == FromServer {
+				seq += uint32(len(greeting))
+			}
 			out := make([]Decision, 0, 4)
 			p := []byte(tt.text)
 			half := len(p) / 2
@@ -480,13 +563,11 @@ func TestNoCommandZeroAlloc(t *testing.T) {
 
 // TestCommandZeroAlloc: PORT and 227 segments allocate nothing either when out has room.
 func TestCommandZeroAlloc(t *testing.T) {
-	s := NewSession(testClient, testServer, &Config{MaxPending: 1 << 30})
-	s.Feed(Segment{Dir: FromClient, Seq: 0, SYN: true}, nil)
-	s.Feed(Segment{Dir: FromServer, Seq: 0, SYN: true}, nil)
+	s := greetedSession(&Config{MaxPending: 1 << 30})
 	port := []byte("PORT 192,0,2,10,4,1\r\n")
 	pasv := []byte("PASV\r\n")
 	r227 := []byte("200 PORT command successful.\r\n227 Entering Passive Mode (198,51,100,20,19,137).\r\n")
-	cseq, sseq := uint32(1), uint32(1)
+	cseq, sseq := uint32(1), uint32(1+len(greeting))
 	out := make([]Decision, 0, 4)
 	allocs := testing.AllocsPerRun(100, func() {
 		out = s.Feed(Segment{Dir: FromClient, Seq: cseq, Payload: port}, out[:0])

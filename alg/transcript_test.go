@@ -75,6 +75,54 @@ var transcriptWant = map[string][]string{
 	"vsftpd_lftp_pasv": {
 		"open 227 server 198.51.100.20:40000 text=\"198,51,100,20,156,64\"",
 	},
+	"client_first": {
+		"reject other client not_ftp",
+	},
+	"not_a_greeting": {
+		"reject none server not_ftp",
+	},
+	"pickup_exchange": {
+		"reject PORT client unproven neutral=\"PORT\">\"XXXX\"",
+		"open PORT client 192.0.2.10:1026 text=\"192,0,2,10,4,2\"",
+		"open 227 server 198.51.100.20:5001 text=\"198,51,100,20,19,137\"",
+	},
+	"pickup_http": {
+		"reject other client not_ftp",
+	},
+	"pickup_resume": {
+		"reject PORT client unproven neutral=\"PORT\">\"XXXX\"",
+		"reject 227 server unproven neutral=\"227\">\"425\"",
+		"open PORT client 192.0.2.10:1026 text=\"192,0,2,10,4,2\"",
+	},
+	"pickup_vouch": {
+		"open PORT client 192.0.2.10:1025 text=\"192,0,2,10,4,1\"",
+		"open 227 server 198.51.100.20:5001 text=\"198,51,100,20,19,137\"",
+	},
+	"python_ftplib": {
+		"open 227 server 198.51.100.20:50020 text=\"198,51,100,20,195,100\"",
+		"open 227 server 198.51.100.20:50021 text=\"198,51,100,20,195,101\"",
+		"open PORT client 192.0.2.10:50022 text=\"192,0,2,10,195,102\"",
+	},
+	"slipstream_greeted": {
+		"reject other client not_ftp",
+	},
+	"slipstream_method": {
+		"reject other client not_ftp",
+	},
+	"slipstream_post": {
+		"reject other client not_ftp",
+	},
+	"smtp": {
+		"reject other client not_ftp",
+	},
+	"tnftp_abort": {
+		"open EPRT client 192.0.2.10:50001 text=\"|1|192.0.2.10|50001|\" delim='|'",
+		"open EPRT client 192.0.2.10:50002 text=\"|1|192.0.2.10|50002|\" delim='|'",
+	},
+	"winscp_active": {
+		"open PORT client 192.0.2.10:51201 text=\"192,0,2,10,200,1\"",
+		"open PORT client 192.0.2.10:51202 text=\"192,0,2,10,200,2\"",
+	},
 	"windows_ftpexe_active": {
 		"open PORT client 192.0.2.10:49813 text=\"192,0,2,10,194,149\"",
 		"open PORT client 192.0.2.10:49814 text=\"192,0,2,10,194,150\"",

@@ -134,6 +134,8 @@ const (
 	ReasonLineTooLong        // line longer than Config.MaxLine, skipped to the next LF
 	ReasonResync             // bytes were lost (hold overflow); parsing resumes at the next line start
 	ReasonUnpaired           // 227/229 while the command/reply pairing is unknown (never guessed)
+	ReasonNotFTP             // the connection is not an FTP dialogue: no pinhole for the rest of its life
+	ReasonUnproven           // picked up mid-stream, no FTP exchange shown yet: PORT/EPRT/227/229 refused
 )
 
 var reasonNames = [...]string{
@@ -148,6 +150,8 @@ var reasonNames = [...]string{
 	ReasonLineTooLong: "line_too_long",
 	ReasonResync:      "resync",
 	ReasonUnpaired:    "unpaired",
+	ReasonNotFTP:      "not_ftp",
+	ReasonUnproven:    "unproven",
 }
 
 func (r Reason) String() string {
