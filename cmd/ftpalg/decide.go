@@ -39,8 +39,9 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 			}
 		}
 		// A flood of refused commands is counted in full but logged at a bounded rate; the
-		// next line that gets through says how many were left out.
-		if s.rejLog.allow(now, maxRejectLogs) {
+		// next line that gets through says how many were left out. not_ftp comes once per
+		// session and is always logged.
+		if d.Reason == alg.ReasonNotFTP || s.rejLog.allow(now, maxRejectLogs) {
 			if n := s.rejLog.takeDropped(); n > 0 {
 				attrs = append(attrs, slog.Int("suppressed", n))
 			}

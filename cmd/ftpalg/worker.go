@@ -88,7 +88,8 @@ type session struct {
 	// to carry it (read back after the first registration, or found set).
 	adj       [2]conntrack.SeqAdj
 	adjProven bool
-	midStream bool // first seen without its SYN (a restart, a failover): rebuilt from conntrack
+	midStream bool    // first seen without its SYN (a restart, a failover): rebuilt from conntrack
+	resumed   [2]bool // mid-stream: the first payload of the direction was seen
 	// readjust is set when the conntrack entry of a resized session went while the connection
 	// may live on (conntrack -F): the kernel picks it up again with a fresh entry, which
 	// lacks the adjustment; ftpalg registers it there from its cache before the next packet
@@ -338,6 +339,16 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 
 	if s.young && dir == alg.FromServer && plen > 0 {
 		w.grownUp(s) // the server speaks: a real connection
+	}
+	if s.midStream && plen > 0 && !s.resumed[dir] {
+		// The first bytes of a direction met mid-stream: FTP peers send a command or a
+		// reply per segment, so one that starts like a line and ends one is taken as a line
+		// start (a PORT sent first after a restart or a failover is inspected). A wrong
+		// guess costs that line only (the engine skips a line it cannot read).
+		s.resumed[dir] = true
+		if looksLikeLine(dir, w.pkt.Payload()) {
+			s.eng.Resume(dir, seq)
+		}
 	}
 
 	w.dec = s.eng.Feed(alg.Segment{
@@ -691,6 +702,8 @@ func (w *worker) adoptFlow(s *session, f conntrack.Flow) {
 			s.nat.Restore(d, a.After)
 		}
 		s.adjProven = true
+		// Only ftpalg resizes a control stream: the entry proves the dialogue was FTP.
+		s.eng.Vouch()
 	}
 }
 
@@ -894,3 +907,19 @@ func (c *missCache) add(k sessKey, now time.Time) {
 	}
 	c.m[k] = now
 }
+
+// looksLikeLine reports whether a segment of direction d holds whole lines from its first
+// byte: a command (a letter, or Telnet IAC before ABOR) or a reply (three digits), ending with
+// LF.
+func looksLikeLine(d alg.Dir, b []byte) bool {
+	if len(b) < 4 || b[len(b)-1] != '\n' {
+		return false
+	}
+	if d == alg.FromServer {
+		return isDigit(b[0]) && isDigit(b[1]) && isDigit(b[2]) && (b[3] == ' ' || b[3] == '-')
+	}
+	c := b[0] | 0x20
+	return ('a' <= c && c <= 'z') || b[0] == 0xff
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }

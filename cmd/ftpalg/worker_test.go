@@ -917,3 +917,74 @@ func TestClientKeyCountsIPv6By64(t *testing.T) {
 		t.Errorf("clientKey(mapped) = %s", v4)
 	}
 }
+
+// TestFirstCommandAfterRestartIsRewritten: after a restart (or a failover) the first segment
+// of a resized session is a PORT: ftpalg takes it as a line start and rewrites it, building
+// on the kernel's adjustment.
+func TestFirstCommandAfterRestartIsRewritten(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	h.fromServer("200 ok\r\n")
+
+	h2 := newHarness(t, nil)
+	h2.k = h.k
+	h2.w.k, h2.pins.k = h.k, h.k
+	h2.cseq, h2.sseq = h.cseq, h.sseq
+	seq := h2.cseq
+	v := onlyVerdict(t, h2.fromClient("PORT 192,0,2,10,4,2\r\n"))
+	if v.altered == nil {
+		t.Fatal("the first command after the restart was not rewritten")
+	}
+	if _, tcp := decoded(t, v.altered); string(tcp.Payload) != "PORT 198,51,100,1,4,2\r\n" {
+		t.Errorf("released %q", tcp.Payload)
+	}
+	want := adjCall{conntrack.Original, conntrack.SeqAdj{Pos: seq, Before: 2, After: 4}, false}
+	if got := h.k.adjs[len(h.k.adjs)-1]; got != want {
+		t.Errorf("adjustment = %+v, want %+v", got, want)
+	}
+}
+
+// TestUnprovenMidStreamPORTIsNeutralised: a connection met mid-stream whose entry proves
+// nothing (never resized) gets no pinhole for a PORT before a valid exchange; after one it
+// does.
+func TestUnprovenMidStreamPORTIsNeutralised(t *testing.T) {
+	h := newHarness(t, nil)
+	h.cseq, h.sseq = 5000, 9000
+	v := onlyVerdict(t, h.fromClient("PORT 192,0,2,10,4,1\r\n"))
+	if _, tcp := decoded(t, v.altered); !strings.HasPrefix(string(tcp.Payload), "XXXX") {
+		t.Errorf("unproven PORT released as %q, want it neutralised", tcp.Payload)
+	}
+	if len(h.k.expects) != 0 {
+		t.Fatalf("pinhole for an unproven session: %+v", h.k.expects)
+	}
+	h.fromServer("500 Unknown command.\r\n")
+	h.fromClient("NOOP\r\n")
+	h.fromServer("200 NOOP ok.\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	if len(h.k.expects) != 1 {
+		t.Errorf("after an exchange the PORT opened %d pinholes, want 1\n%s", len(h.k.expects), h.logs)
+	}
+}
+
+// TestHTTPWithPortLineGetsNothing: NAT Slipstreaming: an HTTP request to a control port
+// whose body holds a PORT line with the client's own address gets no pinhole and no rewrite;
+// one rejected line says not_ftp; its bytes pass unharmed.
+func TestHTTPWithPortLineGetsNothing(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	body := "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 22\r\n\r\nPORT 192,0,2,10,12,234\r\n"
+	v := onlyVerdict(t, h.fromClient(body))
+	if v.altered != nil {
+		t.Errorf("HTTP request altered")
+	}
+	h.fromServer("HTTP/1.1 400 Bad Request\r\n\r\n")
+	h.fromClient("PORT 192,0,2,10,12,234\r\n")
+	if len(h.k.expects) != 0 {
+		t.Fatalf("pinhole for a non-FTP connection: %+v", h.k.expects)
+	}
+	if rej := h.events(evRejected); len(rej) != 1 || rej[0]["reason"] != "not_ftp" {
+		t.Errorf("rejected = %v, want exactly one not_ftp", rej)
+	}
+}
