@@ -683,7 +683,11 @@ func TestFaults(t *testing.T) {
 		self := netip.MustParseAddrPort(f.c.LocalAddr().String())
 		rss0, _ := vmRSS(d.Proc.PID())
 		mark := d.Mark()
-		// 100 KB without LF, in 1 KB writes, then nothing for a while: the line never ends.
+		// 100 KB without LF, in 1 KB writes, then nothing for a while: the line never ends. It
+		// starts with a verb (a line of anything else would make the session not FTP).
+		if _, err := f.c.Write([]byte("SITE ")); err != nil {
+			t.Fatal(err)
+		}
 		chunk := []byte(strings.Repeat("A", 1024))
 		for i := 0; i < 100; i++ {
 			if _, err := f.c.Write(chunk); err != nil {

@@ -41,6 +41,7 @@ const (
 	maxYoung        = 1 << 14                // sessions opened by a SYN and not yet answered, per worker
 	youngTimeout    = 30 * time.Second       // how long a session may stay young
 	maxOpenLogs     = 200                    // session_open lines a worker may log per second
+	lookupRetry     = time.Second            // a session whose entry was not found looks again after this
 	maxPortTries    = 16                     // other ports tried when an expectation collides
 	maxPinholeBurst = 2000                   // pinholes a session may open back to back
 	maxPinholeRate  = 200                    // then per second
@@ -97,9 +98,11 @@ type session struct {
 	readjust bool
 	young    bool      // opened by a SYN, no data from the server yet (counted apart, short-lived)
 	born     time.Time // when the session was created
-	lastSeen time.Time
-	closedAt time.Time
-	held     [2]*held
+	// lookupMiss is when the last look-up of the session's entry failed.
+	lookupMiss time.Time
+	lastSeen   time.Time
+	closedAt   time.Time
+	held       [2]*held
 
 	closeLogged bool
 	uncounted   bool   // no longer counted in perClient
@@ -142,7 +145,6 @@ type worker struct {
 	byOrig    map[conntrack.Tuple]*session
 	perClient map[netip.Addr]int // by clientKey
 	young     int                // sessions still young
-	misses    missCache          // recent failed mid-stream look-ups
 	openLog   gate               // session_open lines, maxOpenLogs a second
 	holding   map[*session]struct{}
 
@@ -308,7 +310,7 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		}
 	}
 	s.lastSeen = now
-	if !s.haveFlow && (len(w.pkt.Payload()) > 0 || s.readjust) {
+	if !s.haveFlow && (len(w.pkt.Payload()) > 0 || s.readjust) && (s.readjust || now.Sub(s.lookupMiss) >= lookupRetry) {
 		w.lookupFlow(s)
 	}
 
@@ -615,14 +617,10 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		// Met mid-stream (ftpalg restarted, or took over from another router): a session is
 		// rebuilt only from a conntrack entry that existed before this packet. A stray or
 		// spoofed packet finds none (its own entry, if the kernel made one, is not confirmed
-		// yet) and leaves no state; the miss is remembered for a moment so that a flood of
-		// them costs one look-up each at most once per missCacheTTL.
-		if w.misses.has(key, now) {
-			return nil
-		}
+		// yet) and leaves no state. (No negative cache here: the next packet of a connection
+		// the kernel picked up mid-stream finds its entry confirmed.)
 		f, err := w.k.Lookup(conntrack.Tuple{Src: key.client, Dst: key.server})
 		if err != nil {
-			w.misses.add(key, now)
 			if !errors.Is(err, conntrack.ErrNotFound) {
 				w.m.kernelErrors.WithLabelValues("lookup").Inc()
 			}
@@ -672,6 +670,8 @@ func clientKey(a netip.Addr) netip.Addr {
 func (w *worker) lookupFlow(s *session) {
 	f, err := w.k.Lookup(conntrack.Tuple{Src: s.key.client, Dst: s.key.server})
 	if err != nil {
+		// Remembered: the next look-up waits lookupRetry, not the next packet.
+		s.lookupMiss = w.now
 		w.m.kernelErrors.WithLabelValues("lookup").Inc()
 		return
 	}
@@ -876,37 +876,6 @@ func (w *worker) logWarn(key sessKey, op string, err error) {
 // Sequence number comparisons that survive wrap-around at 2^32.
 func seqLT(a, b uint32) bool { return int32(a-b) < 0 }
 func seqLE(a, b uint32) bool { return int32(a-b) <= 0 }
-
-// missCache remembers recent failed mid-stream look-ups (a flood of stray packets must not cost
-// a netlink round trip each). Bounded: when full, expired entries go, then everything.
-type missCache struct{ m map[sessKey]time.Time }
-
-const (
-	missCacheTTL = time.Second
-	missCacheMax = 4096
-)
-
-func (c *missCache) has(k sessKey, now time.Time) bool {
-	t, ok := c.m[k]
-	return ok && now.Sub(t) < missCacheTTL
-}
-
-func (c *missCache) add(k sessKey, now time.Time) {
-	if c.m == nil {
-		c.m = make(map[sessKey]time.Time)
-	}
-	if len(c.m) >= missCacheMax {
-		for x, t := range c.m {
-			if now.Sub(t) >= missCacheTTL {
-				delete(c.m, x)
-			}
-		}
-		if len(c.m) >= missCacheMax {
-			clear(c.m)
-		}
-	}
-	c.m[k] = now
-}
 
 // looksLikeLine reports whether a segment of direction d holds whole lines from its first
 // byte: a command (a letter, or Telnet IAC before ABOR) or a reply (three digits), ending with
