@@ -50,6 +50,10 @@ type Session struct {
 	ring  [ringSize]Cmd
 	rHead uint8
 	rLen  uint8
+	// opened marks the ring's PORT/EPRT commands that opened a pinhole; popOpened is the
+	// mark of the command the last final reply answered.
+	opened    [ringSize]bool
+	popOpened bool
 	over  uint32 // commands beyond the ring (kind unknown), queued after the ring's
 	lost  bool   // pairing unknown for good: a direction started mid-stream or lost bytes
 
@@ -566,6 +570,9 @@ func (s *Session) decide(dec Decision, out []Decision) []Decision {
 		dec.Action = ActOpen
 		s.pending++
 		s.stats.Opens++
+		if dec.Dir == FromClient && !s.lost && s.over == 0 && s.rLen > 0 {
+			s.opened[(int(s.rHead)+int(s.rLen)-1)%ringSize] = true
+		}
 		return append(out, dec)
 	}
 	dec.Action = ActReject
@@ -657,7 +664,13 @@ func (s *Session) serverLine(b []byte, start uint32, long bool, out []Decision) 
 		}
 		return out
 	}
+	s.popOpened = false
 	cmd := s.pop()
+	if (cmd == CmdPORT || cmd == CmdEPRT) && s.popOpened && code >= 400 && !s.openedLeft() {
+		// The server refused the command that opened the session's pending pinhole (and no
+		// later one replaced it): nothing will use that pinhole.
+		out = append(out, Decision{Action: ActRefused, Cmd: cmd, Dir: FromServer})
+	}
 	codeSpan := Span{Seq: start, Len: 3}
 	var want Cmd
 	var dec Decision
@@ -754,6 +767,7 @@ func (s *Session) push(c Cmd) {
 		return
 	}
 	s.ring[(int(s.rHead)+int(s.rLen))%ringSize] = c
+	s.opened[(int(s.rHead)+int(s.rLen))%ringSize] = false
 	s.rLen++
 }
 
@@ -768,6 +782,7 @@ func (s *Session) pop() Cmd {
 		return CmdNone
 	}
 	c := s.ring[s.rHead]
+	s.popOpened, s.opened[s.rHead] = s.opened[s.rHead], false
 	s.rHead = uint8((int(s.rHead) + 1) % ringSize)
 	s.rLen--
 	if s.over > 0 {
@@ -779,6 +794,16 @@ func (s *Session) pop() Cmd {
 		s.stats.Unpaired++
 	}
 	return c
+}
+
+// openedLeft reports whether a command still awaiting its reply opened a pinhole.
+func (s *Session) openedLeft() bool {
+	for i := 0; i < int(s.rLen); i++ {
+		if s.opened[(int(s.rHead)+i)%ringSize] {
+			return true
+		}
+	}
+	return false
 }
 
 // front is the command the next final reply answers.

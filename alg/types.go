@@ -57,6 +57,7 @@ const (
 	ActReject                   // no pinhole; log Reason; if Neutral.Len > 0 overwrite it with NeutralWith
 	ActTLS                      // AUTH accepted with 234: the session is now opaque (Passthrough)
 	ActNote                     // nothing to do but count/log Reason (line_too_long, resync)
+	ActRefused                  // the server refused (4xx/5xx) the PORT/EPRT whose pinhole is pending: close it
 )
 
 func (a Action) String() string {
@@ -69,6 +70,8 @@ func (a Action) String() string {
 		return "tls"
 	case ActNote:
 		return "note"
+	case ActRefused:
+		return "refused"
 	}
 	return "invalid"
 }

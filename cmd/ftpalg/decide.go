@@ -47,6 +47,10 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 			}
 			w.logEvent(evRejected, s.key, attrs...)
 		}
+	case alg.ActRefused:
+		if w.pins.refused(s.key) {
+			s.eng.Release()
+		}
 	case alg.ActTLS:
 		w.logEvent(evTLS, s.key, slog.String("cmd", d.Cmd.String()))
 	case alg.ActNote:

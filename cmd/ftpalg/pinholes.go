@@ -171,6 +171,26 @@ func (p *pinholes) used(f conntrack.Flow) {
 	ph.release(p.ctx)
 }
 
+// refused closes the session's pending pinhole at once when the server refused (4xx/5xx) the
+// PORT/EPRT that opened it: nothing will use it. It reports whether one was closed.
+func (p *pinholes) refused(sess sessKey) bool {
+	ph := p.take(func() *pinhole {
+		if ph := p.bySess[sess]; ph != nil && (ph.cmd == "PORT" || ph.cmd == "EPRT") {
+			return ph
+		}
+		return nil
+	})
+	if ph == nil {
+		return false
+	}
+	if err := p.k.DeleteExpect(ph.exp); err != nil && !errors.Is(err, conntrack.ErrNotFound) {
+		p.m.kernelErrors.WithLabelValues("delete_expect").Inc()
+	}
+	p.m.pinholesClosed.WithLabelValues("refused").Inc()
+	p.log.LogAttrs(p.ctx, slog.LevelInfo, evPinholeClosed, p.attrs(ph, slog.String("reason", "refused"))...)
+	return true
+}
+
 // sessionGone forgets the session's pending pinhole: the kernel removes a master's
 // expectations with it.
 func (p *pinholes) sessionGone(sess sessKey) {

@@ -145,6 +145,7 @@ type worker struct {
 	byOrig    map[conntrack.Tuple]*session
 	perClient map[netip.Addr]int // by clientKey
 	young     int                // sessions still young
+	youngQ    []*session         // young sessions, oldest first (some grew up or went since)
 	openLog   gate               // session_open lines, maxOpenLogs a second
 	holding   map[*session]struct{}
 
@@ -629,6 +630,12 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		flow = f
 	}
 	young := syn
+	if young && w.young >= maxYoung {
+		// A SYN flood (spoofed or not) has filled the young sessions: the oldest unanswered
+		// one makes room. A real handshake is answered within a round trip, long before a
+		// flood of maxYoung newer SYNs pushes it out.
+		w.evictYoung()
+	}
 	if len(w.sessions) >= maxSessions || (young && w.young >= maxYoung) || w.perClient[clientKey(key.client.Addr())] >= maxPerClient {
 		w.m.rejections.WithLabelValues("session_limit").Inc()
 		if w.warn.allow(now, maxWarnLogs) {
@@ -641,6 +648,7 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 	w.perClient[clientKey(key.client.Addr())]++
 	if young {
 		w.young++
+		w.youngQ = append(w.youngQ, s)
 	}
 	w.m.sessions.Inc()
 	w.m.sessionsTotal.Inc()
@@ -763,11 +771,37 @@ func closeReason(rst bool) string {
 	return "fin"
 }
 
+// evictYoung forgets the oldest session that is still young.
+func (w *worker) evictYoung() {
+	for i, s := range w.youngQ {
+		if s.young && w.sessions[s.key] == s {
+			w.youngQ[i] = nil
+			w.youngQ = w.youngQ[i+1:]
+			w.m.notes.WithLabelValues("young_evicted").Inc()
+			w.removeSession(s, "evicted")
+			return
+		}
+		w.youngQ[i] = nil
+	}
+	w.youngQ = w.youngQ[:0]
+}
+
 // grownUp stops counting s as young: it got past its handshake (or ended).
 func (w *worker) grownUp(s *session) {
 	if s.young {
 		s.young = false
 		w.young--
+		if len(w.youngQ) > 2*maxYoung {
+			// Compact the queue of sessions that grew up or went.
+			q := w.youngQ[:0]
+			for _, x := range w.youngQ {
+				if x.young {
+					q = append(q, x)
+				}
+			}
+			clear(w.youngQ[len(q):])
+			w.youngQ = q
+		}
 	}
 }
 

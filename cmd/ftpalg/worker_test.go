@@ -896,6 +896,17 @@ func TestYoungSessionsAreCappedAndShortLived(t *testing.T) {
 	if h.w.young != maxYoung {
 		t.Errorf("%d young sessions, want the cap %d", h.w.young, maxYoung)
 	}
+	// The newest SYNs took the places of the oldest: the first 100 are gone.
+	for i := 0; i < maxYoung+100; i += 5000 {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), uint16(1024+i/256))
+		_, ok := h.w.sessions[sessKey{src, server}]
+		if want := i >= 100; ok != want {
+			t.Errorf("young session %d present = %v, want %v", i, ok, want)
+		}
+	}
+	if _, ok := h.w.sessions[sessKey{client, server}]; !ok {
+		t.Error("the answered session was evicted by the SYN flood")
+	}
 	h.w.sweep(h.now.Add(youngTimeout))
 	if len(h.w.sessions) != 1 || h.w.young != 0 {
 		t.Errorf("after youngTimeout: %d sessions, %d young; want only the answered one", len(h.w.sessions), h.w.young)
@@ -1003,5 +1014,26 @@ func TestFailedLookupIsNotRetriedPerPacket(t *testing.T) {
 	h.fromClient("NOOP\r\n")
 	if got := h.k.lookups - n; got != 1 {
 		t.Errorf("after lookupRetry: %d look-ups, want 1", got)
+	}
+}
+
+// TestRefusedPortClosesThePinhole: the server answers the PORT 500: its pinhole goes at once.
+func TestRefusedPortClosesThePinhole(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	if len(h.k.expects) != 1 {
+		t.Fatalf("no pinhole for the PORT")
+	}
+	h.fromServer("500 Illegal PORT command.\r\n")
+	if len(h.k.expects) != 0 || len(h.k.deleted) != 1 {
+		t.Errorf("pinhole of a refused PORT still open: %+v", h.k.expects)
+	}
+	if ev := h.events(evPinholeClosed); len(ev) != 1 || ev[0]["reason"] != "refused" {
+		t.Errorf("pinhole_closed = %v, want reason refused", ev)
+	}
+	if got := h.w.sessions[sessKey{client, server}].eng.Pending(); got != 0 {
+		t.Errorf("%d pinholes still pending in the engine", got)
 	}
 }
