@@ -54,8 +54,8 @@ type Session struct {
 	// mark of the command the last final reply answered.
 	opened    [ringSize]bool
 	popOpened bool
-	over  uint32 // commands beyond the ring (kind unknown), queued after the ring's
-	lost  bool   // pairing unknown for good: a direction started mid-stream or lost bytes
+	over      uint32 // commands beyond the ring (kind unknown), queued after the ring's
+	lost      bool   // pairing unknown for good: a direction started mid-stream or lost bytes
 
 	multi       uint16 // code of the multi-line reply in progress, 0 if none
 	pending     int

@@ -53,11 +53,11 @@ type Segment struct {
 type Action uint8
 
 const (
-	ActOpen   Action = iota + 1 // open a pinhole for Endpoint (and rewrite Text if NAT needs it)
-	ActReject                   // no pinhole; log Reason; if Neutral.Len > 0 overwrite it with NeutralWith
-	ActTLS                      // AUTH accepted with 234: the session is now opaque (Passthrough)
-	ActNote                     // nothing to do but count/log Reason (line_too_long, resync)
-	ActRefused                  // the server refused (4xx/5xx) the PORT/EPRT whose pinhole is pending: close it
+	ActOpen    Action = iota + 1 // open a pinhole for Endpoint (and rewrite Text if NAT needs it)
+	ActReject                    // no pinhole; log Reason; if Neutral.Len > 0 overwrite it with NeutralWith
+	ActTLS                       // AUTH accepted with 234: the session is now opaque (Passthrough)
+	ActNote                      // nothing to do but count/log Reason (line_too_long, resync)
+	ActRefused                   // the server refused (4xx/5xx) the PORT/EPRT whose pinhole is pending: close it
 )
 
 func (a Action) String() string {
