@@ -13,6 +13,7 @@ import (
 // (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
 const (
 	ipctnlMsgCTNew     netfilter.MessageType = 0 // IPCTNL_MSG_CT_NEW
+	ipctnlMsgCTGet     netfilter.MessageType = 1 // IPCTNL_MSG_CT_GET
 	ipctnlMsgExpGet    netfilter.MessageType = 1 // IPCTNL_MSG_EXP_GET
 	ipctnlMsgExpDelete netfilter.MessageType = 2 // IPCTNL_MSG_EXP_DELETE
 

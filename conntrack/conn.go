@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -70,6 +71,12 @@ func (c *Conn) Lookup(seen Tuple) (Flow, error) {
 		// the packet after DNAT, which is the reverse of the reply tuple.
 		f, err = c.ct.Get(ct.Flow{TupleReply: ctTuple(seen.Reverse())})
 	}
+	if errors.Is(err, unix.ENOENT) {
+		// Both NATed (hairpin NAT: DNAT to an inside server, SNAT back to the router), or in
+		// another zone: neither tuple is known whole at the queue point, but the original
+		// source and the reply source are what the packet shows.
+		f, err = c.findBySources(seen)
+	}
 	if err != nil {
 		return Flow{}, kernelErr("lookup", seen.String(), err, errnoFlow)
 	}
@@ -78,6 +85,60 @@ func (c *Conn) Lookup(seen Tuple) (Flow, error) {
 		return Flow{}, fmt.Errorf("lookup %s: %w", seen, errNotTCP)
 	}
 	return fl, nil
+}
+
+// ctnetlink dump filter (nfnetlink_conntrack.h, ctnetlink_alloc_filter).
+const (
+	ctaTupleReply        = 2  // CTA_TUPLE_REPLY
+	ctaFilter            = 25 // CTA_FILTER
+	ctaFilterOrigFlags   = 1  // CTA_FILTER_ORIG_FLAGS
+	ctaFilterReplyFlags  = 2  // CTA_FILTER_REPLY_FLAGS
+	filterFlagIPSrc      = 1 << 0
+	filterFlagProtoNum   = 1 << 3
+	filterFlagProtoSport = 1 << 4
+)
+
+// findBySources finds, in any zone, the TCP entry whose original source is seen.Src and whose
+// reply source is seen.Dst: a dump the kernel filters down to that connection
+// (CTA_FILTER, Linux 5.9+). ENOENT when there is none; the first when several zones hold it.
+func (c *Conn) findBySources(seen Tuple) (ct.Flow, error) {
+	// NLA_U32 attributes not flagged network-order are in host byte order.
+	native := binary.NativeEndian.AppendUint32(nil, filterFlagIPSrc|filterFlagProtoNum|filterFlagProtoSport)
+	attrs := []netfilter.Attribute{
+		tupleAttr(ctaTupleOrig, seen.Src, seen.Dst),
+		tupleAttr(ctaTupleReply, seen.Dst, seen.Src),
+		{Type: ctaFilter, Nested: true, Children: []netfilter.Attribute{
+			{Type: ctaFilterOrigFlags, Data: native},
+			{Type: ctaFilterReplyFlags, Data: native},
+		}},
+	}
+	req, err := netfilter.MarshalNetlink(netfilter.Header{
+		SubsystemID: netfilter.NFSubsysCTNetlink,
+		MessageType: ipctnlMsgCTGet,
+		Family:      family(seen.Src.Addr()),
+		Flags:       netlink.Request | netlink.Dump,
+	}, attrs)
+	if err != nil {
+		return ct.Flow{}, err
+	}
+	msgs, err := c.nf.Query(req)
+	if err != nil {
+		return ct.Flow{}, err
+	}
+	for _, m := range msgs {
+		var ev ct.Event
+		if ev.Unmarshal(m) != nil || ev.Flow == nil {
+			continue
+		}
+		if o, ok := tupleFrom(ev.Flow.TupleOrig); !ok || o.Src != seen.Src {
+			continue // a kernel without CTA_FILTER support ignores it and dumps everything
+		}
+		if r, ok := tupleFrom(ev.Flow.TupleReply); !ok || r.Src != seen.Dst {
+			continue
+		}
+		return *ev.Flow, nil
+	}
+	return ct.Flow{}, unix.ENOENT
 }
 
 // CreateExpect creates the pinhole e (the expectation is created and reported with ExpectNew

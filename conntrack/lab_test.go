@@ -31,7 +31,8 @@ import (
 // helper, port-forwards 2121 to 21 (DNAT, for the reverse lookup), and registers NAT chains on
 // every hook so that nat-follow-master can rewrite loopback connections. Port 2122 is
 // port-forwarded to 21 too, with the carrier attached BEFORE the DNAT: only such a connection
-// has the sequence-adjustment extension (on 2121 the helper comes after NAT).
+// has the sequence-adjustment extension (on 2121 the helper comes after NAT). Port 2123 is
+// hairpin NAT: DNAT to 21 and SNAT to 127.0.0.2, so neither tuple is what the queue point sees.
 const labRuleset = `
 table inet ftpalg_lab {
 	ct helper sane {
@@ -47,12 +48,15 @@ table inet ftpalg_lab {
 	}
 	chain nat_out {
 		type nat hook output priority -100; policy accept;
-		meta nfproto ipv4 tcp dport { 2121, 2122 } dnat ip to 127.0.0.1:21
+		meta nfproto ipv4 tcp dport { 2121, 2122, 2123 } dnat ip to 127.0.0.1:21
 		meta nfproto ipv6 tcp dport { 2121, 2122 } dnat ip6 to [::1]:21
 	}
 	chain nat_pre { type nat hook prerouting priority -100; policy accept; }
 	chain nat_in { type nat hook input priority 100; policy accept; }
-	chain nat_post { type nat hook postrouting priority 100; policy accept; }
+	chain nat_post {
+		type nat hook postrouting priority 100; policy accept;
+		ip daddr 127.0.0.1 tcp dport 21 ct original proto-dst 2123 snat ip to 127.0.0.2
+	}
 }
 `
 
