@@ -77,8 +77,10 @@ func (d *daemon) Run(ctx context.Context) error {
 		}
 	}()
 	workers := make([]*worker, d.cfg.Queues)
+	fxp := newFXPBook(d.cfg.PinholeTimeout)
 	for i := range workers {
 		workers[i] = newWorker(i, d.cfg, ct, nil, pins, d.log, d.m)
+		workers[i].fxp = fxp
 	}
 
 	g, gctx := errgroup.WithContext(runCtx)

@@ -24,6 +24,15 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 			w.refuse(s, d, reason, err, first, end, now)
 		}
 	case alg.ActReject:
+		if d.Reason == alg.ReasonBounce && d.Dir == alg.FromClient && w.fxp != nil &&
+			w.fxp.match(s.key.client.Addr(), d.Endpoint, now) {
+			// FXP: the client hands one server the endpoint another server announced to
+			// it. The data connection runs between the two servers: nothing to open, the
+			// command passes as it is.
+			w.m.fxp.Inc()
+			w.logEvent(evFXP, s.key, slog.String("cmd", d.Cmd.String()), slog.String("announced", d.Endpoint.String()))
+			return
+		}
 		reason := d.Reason.String()
 		w.m.rejections.WithLabelValues(reason).Inc()
 		attrs := []slog.Attr{slog.String("cmd", d.Cmd.String()), slog.String("reason", reason)}
@@ -186,6 +195,10 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) (string, e
 			slog.Int("delta", len(repl)-d.Text.Len))
 	}
 	s.pinholes++
+	if d.Dir == alg.FromServer && w.fxp != nil {
+		// What the client was told, as it would hand it to another server (FXP).
+		w.fxp.announced(s.key.client.Addr(), netip.AddrPortFrom(f.Orig.Dst.Addr(), to.Port()), w.now)
+	}
 	if replaced := w.pins.open(w, s.key, exp, d.Cmd.String(), d.Loose); replaced {
 		s.eng.Release()
 	}

@@ -21,6 +21,7 @@ const (
 	evPinholeClosed  = "pinhole_closed"
 	evRejected       = "rejected"
 	evTLS            = "tls_passthrough"
+	evFXP            = "fxp"
 	evNote           = "note"
 	evError          = "error"
 )

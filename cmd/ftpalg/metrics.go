@@ -28,6 +28,7 @@ const (
 	mQueueBacklog    = "ftpalg_queue_backlog"
 	mQueueDropped    = "ftpalg_queue_kernel_dropped_total"
 	mQueueUserDrop   = "ftpalg_queue_socket_dropped_total"
+	mFXP             = "ftpalg_fxp_total"
 )
 
 // Packet verdict labels.
@@ -46,6 +47,7 @@ type metrics struct {
 	packets        *prometheus.CounterVec
 	rewrites       *prometheus.CounterVec
 	pinholesOpened prometheus.Counter
+	fxp            prometheus.Counter
 	pinholesUsed   prometheus.Counter
 	pinholesExp    prometheus.Counter
 	pinholesClosed *prometheus.CounterVec
@@ -68,6 +70,7 @@ func newMetrics() *metrics {
 	m.sessionsTotal = prometheus.NewCounter(prometheus.CounterOpts{Name: mSessionsTotal, Help: "FTP control sessions seen."})
 	m.packets = prometheus.NewCounterVec(prometheus.CounterOpts{Name: mPackets, Help: "Control packets by verdict."}, []string{"verdict"})
 	m.rewrites = prometheus.NewCounterVec(prometheus.CounterOpts{Name: mRewrites, Help: "Payload rewrites by command."}, []string{"cmd"})
+	m.fxp = prometheus.NewCounter(prometheus.CounterOpts{Name: mFXP, Help: "Server-to-server (FXP) PORT/EPRT commands passed unchanged, without a pinhole."})
 	m.pinholesOpened = prometheus.NewCounter(prometheus.CounterOpts{Name: mPinholesOpened, Help: "Pinholes (expectations) created."})
 	m.pinholesUsed = prometheus.NewCounter(prometheus.CounterOpts{Name: mPinholesUsed, Help: "Pinholes used by a data connection."})
 	m.pinholesExp = prometheus.NewCounter(prometheus.CounterOpts{Name: mPinholesExpired, Help: "Pinholes removed unused at --pinhole-timeout."})
@@ -81,7 +84,7 @@ func newMetrics() *metrics {
 		Help:    "Time from reading a control packet off the queue to its verdict.",
 		Buckets: prometheus.ExponentialBuckets(1e-6, 2, 18), // 1µs .. 131ms
 	})
-	m.reg.MustRegister(bi, m.sessions, m.sessionsTotal, m.packets, m.rewrites, m.pinholesOpened,
+	m.reg.MustRegister(bi, m.sessions, m.sessionsTotal, m.packets, m.rewrites, m.pinholesOpened, m.fxp,
 		m.pinholesUsed, m.pinholesExp, m.pinholesClosed, m.rejections, m.notes, m.queueErrors,
 		m.kernelErrors, m.packetSeconds)
 	m.pAccept = m.packets.WithLabelValues(vAccept)

@@ -135,6 +135,7 @@ type worker struct {
 	k     kernel
 	q     verdicter
 	pins  *pinholes
+	fxp   *fxpBook // shared by the workers; nil: FXP is refused as a bounce
 	log   *slog.Logger
 	m     *metrics
 	ctl   chan ctlMsg

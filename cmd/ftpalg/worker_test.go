@@ -1037,3 +1037,50 @@ func TestRefusedPortClosesThePinhole(t *testing.T) {
 		t.Errorf("%d pinholes still pending in the engine", got)
 	}
 }
+
+// TestFXP: the client hands server B the endpoint server A announced to it on another control
+// connection: the PORT passes unchanged, no pinhole, an fxp line. Any other third-party
+// address stays a bounce.
+func TestFXP(t *testing.T) {
+	h := newHarness(t, nil)
+	h.w.fxp = newFXPBook(30 * time.Second)
+	h.handshake()
+	h.fromServer("220 A ready\r\n")
+	h.fromClient("PASV\r\n")
+	h.fromServer("227 Entering Passive Mode (198,51,100,20,195,80).\r\n")
+
+	serverB := netip.MustParseAddrPort("198.51.100.21:21")
+	clientB := netip.MustParseAddrPort("192.0.2.10:40001")
+	h.k.flows[conntrack.Tuple{Src: clientB, Dst: serverB}] = conntrack.Flow{
+		Orig:  conntrack.Tuple{Src: clientB, Dst: serverB},
+		Reply: conntrack.Tuple{Src: serverB, Dst: netip.MustParseAddrPort("198.51.100.1:40001")}, Helper: "sane"}
+	send := func(src, dst netip.AddrPort, seq, ack uint32, syn bool, text string) []verdict {
+		return h.send(tcpPacket(t, src, dst, seq, ack, syn, false, text))
+	}
+	send(clientB, serverB, 100, 0, true, "")
+	send(serverB, clientB, 700, 101, true, "")
+	send(serverB, clientB, 701, 101, false, "220 B ready\r\n")
+	n := len(h.k.expects)
+	v := onlyVerdict(t, send(clientB, serverB, 101, 714, false, "PORT 198,51,100,20,195,80\r\n"))
+	if v.altered != nil {
+		t.Errorf("FXP PORT altered")
+	}
+	if len(h.k.expects) != n {
+		t.Errorf("FXP opened a pinhole: %+v", h.k.expects[n:])
+	}
+	if ev := h.events(evFXP); len(ev) != 1 || ev[0]["announced"] != "198.51.100.20:50000" {
+		t.Errorf("fxp events = %v, want one for 198.51.100.20:50000", ev)
+	}
+	send(serverB, clientB, 714, 128, false, "200 PORT ok.\r\n")
+	v = onlyVerdict(t, send(clientB, serverB, 128, 728, false, "PORT 198,51,100,20,195,81\r\n"))
+	if _, tcp := decoded(t, v.altered); !strings.HasPrefix(string(tcp.Payload), "XXXX") {
+		t.Errorf("a PORT to an endpoint nobody announced passed as %q, want it neutralised (bounce)", tcp.Payload)
+	}
+	// Past the pinhole timeout the announcement no longer counts.
+	h.now = h.now.Add(31 * time.Second)
+	send(serverB, clientB, 728, 155, false, "500 no.\r\n")
+	v = onlyVerdict(t, send(clientB, serverB, 155, 737, false, "PORT 198,51,100,20,195,80\r\n"))
+	if _, tcp := decoded(t, v.altered); !strings.HasPrefix(string(tcp.Payload), "XXXX") {
+		t.Errorf("an expired announcement still made FXP: %q", tcp.Payload)
+	}
+}
