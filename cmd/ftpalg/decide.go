@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,12 +41,7 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 			attrs = append(attrs, slog.String("announced", d.Endpoint.String()))
 		}
 		if d.Neutral.Len > 0 {
-			if inRange(d.Neutral, first, end) {
-				w.edits = append(w.edits, nat.Edit{Seq: d.Neutral.Seq, Len: d.Neutral.Len, New: []byte(d.NeutralWith)})
-				attrs = append(attrs, slog.String("action", "neutralized"))
-			} else {
-				attrs = append(attrs, slog.String("action", "passed_split"))
-			}
+			attrs = append(attrs, slog.String("action", w.neutralise(d, first, end)))
 		}
 		// A flood of refused commands is counted in full but logged at a bounded rate; the
 		// next line that gets through says how many were left out. not_ftp comes once per
@@ -71,6 +67,26 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 	}
 }
 
+// neutralArg is the same-length replacement of an argument that must not reach the peer.
+var neutralArg = bytes.Repeat([]byte("X"), 512)
+
+// neutralise makes a refused command or reply harmless in the packet whose payload covers
+// [first, end): its verb or reply code is overwritten (the peer answers 500, or sees 425). When
+// the verb left in an earlier packet (a command split after its verb, released so that Nagle
+// lets the rest go), its argument is overwritten instead: the peer cannot parse it. It returns
+// the action for the log.
+func (w *worker) neutralise(d *alg.Decision, first, end uint32) string {
+	switch {
+	case inRange(d.Neutral, first, end):
+		w.edits = append(w.edits, nat.Edit{Seq: d.Neutral.Seq, Len: d.Neutral.Len, New: []byte(d.NeutralWith)})
+		return "neutralized"
+	case d.Text.Len > 0 && d.Text.Len <= len(neutralArg) && inRange(d.Text, first, end):
+		w.edits = append(w.edits, nat.Edit{Seq: d.Text.Seq, Len: d.Text.Len, New: neutralArg[:d.Text.Len]})
+		return "neutralized"
+	}
+	return "passed_split"
+}
+
 func dirName(d alg.Dir) string {
 	if d == alg.FromServer {
 		return "server"
@@ -92,12 +108,8 @@ func (w *worker) refuse(s *session, d *alg.Decision, reason string, err error, f
 	if err != nil {
 		attrs = append(attrs, slog.String("err", err.Error()))
 	}
-	switch {
-	case d.Neutral.Len > 0 && inRange(d.Neutral, first, end):
-		w.edits = append(w.edits, nat.Edit{Seq: d.Neutral.Seq, Len: d.Neutral.Len, New: []byte(d.NeutralWith)})
-		attrs = append(attrs, slog.String("action", "neutralized"))
-	case d.Neutral.Len > 0:
-		attrs = append(attrs, slog.String("action", "passed_split"))
+	if d.Neutral.Len > 0 {
+		attrs = append(attrs, slog.String("action", w.neutralise(d, first, end)))
 	}
 	if s.rejLog.allow(now, maxRejectLogs) {
 		if n := s.rejLog.takeDropped(); n > 0 {

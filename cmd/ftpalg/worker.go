@@ -91,6 +91,10 @@ type session struct {
 	adjProven bool
 	midStream bool    // first seen without its SYN (a restart, a failover): rebuilt from conntrack
 	resumed   [2]bool // mid-stream: the first payload of the direction was seen
+	// verbLine and verbEnd: the partial line whose verb alone was released (see verbOnly),
+	// and where its argument starts.
+	verbLine, verbEnd [2]uint32
+	verbSpace         [2]bool
 	// readjust is set when the conntrack entry of a resized session went while the connection
 	// may live on (conntrack -F): the kernel picks it up again with a fresh entry, which
 	// lacks the adjustment; ftpalg registers it there from its cache before the next packet
@@ -389,7 +393,24 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		if h != nil && !joinedHeld {
 			holdFrom, _ = w.heldRange(h) // a line dribbled over more segments joins the held one
 		}
-		if start, n, cand := s.eng.Partial(dir); cand && n > 0 && seqLE(holdFrom, start) && now.Sub(heldSince(h, now)) < maxHoldTotal {
+		start, n, cand := s.eng.Partial(dir)
+		// The line started here (or in the held packet), or only its verb was released
+		// earlier and the rest starts here.
+		cont := s.verbLine[dir] == start && s.verbEnd[dir] == holdFrom
+		here := seqLE(holdFrom, start) || cont
+		if cand && n > 0 && here && h == nil {
+			p, sawSpace := w.pkt.Payload(), false
+			if cont {
+				sawSpace = s.verbSpace[dir]
+			} else if off := int(int32(start - seq)); off >= 0 && off <= len(p) {
+				p = p[off:]
+			}
+			if ok, space := verbOnly(p, sawSpace); ok {
+				s.verbLine[dir], s.verbEnd[dir], s.verbSpace[dir] = start, seq+plen, space
+				here = false
+			}
+		}
+		if cand && n > 0 && here && now.Sub(heldSince(h, now)) < maxHoldTotal {
 			if h != nil && !joinedHeld {
 				if err := w.join(s, dir, h, &p); err != nil {
 					w.releaseOne(s, dir)
@@ -927,3 +948,25 @@ func looksLikeLine(d alg.Dir, b []byte) bool {
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// verbOnly reports whether p, the (rest of the) partial line at the end of a segment, holds
+// no argument byte: the verb or reply code and the spaces after it ("PORT ", "227 ");
+// sawSpace says the verb already ended in an earlier segment. space reports whether the verb
+// has ended. No rewrite can touch those bytes, so the segment need not be held: released, it
+// is acknowledged at once and a sender with Nagle on sends the rest without waiting (holding
+// it, ftpalg would wait for a segment that waits for it).
+func verbOnly(p []byte, sawSpace bool) (ok, space bool) {
+	i := 0
+	if !sawSpace {
+		for i < len(p) && p[i] != ' ' && p[i] != '\t' {
+			i++
+		}
+	}
+	space = sawSpace || i < len(p)
+	for ; i < len(p); i++ {
+		if p[i] != ' ' && p[i] != '\t' {
+			return false, space
+		}
+	}
+	return true, space
+}

@@ -633,9 +633,15 @@ func TestPortDribbledBytePerSegment(t *testing.T) {
 	for i := 0; i < len(line); i++ {
 		h.now = h.now.Add(5 * time.Millisecond)
 		last = h.fromClient(line[i : i+1])
-		if i < len(line)-1 {
-			// Every piece is held: the earlier ones are superseded (dropped) as they are
-			// joined into the newest.
+		switch {
+		case i < len("PORT "):
+			// The verb and the space: nothing a rewrite changes, released at once.
+			if v := onlyVerdict(t, last); !v.accept || v.altered != nil {
+				t.Fatalf("byte %d of the verb: %+v, want released as it is", i, v)
+			}
+		case i < len(line)-1:
+			// Every argument piece is held: the earlier ones are superseded (dropped) as
+			// they are joined into the newest.
 			for _, v := range last {
 				if v.accept {
 					t.Fatalf("byte %d: a piece was released before the line completed: %+v", i, last)
@@ -652,8 +658,34 @@ func TestPortDribbledBytePerSegment(t *testing.T) {
 	if got.altered == nil {
 		t.Fatalf("last byte: no rewritten packet released: %+v", last)
 	}
-	if _, tcp := decoded(t, got.altered); string(tcp.Payload) != "PORT 198,51,100,1,4,1\r\n" || tcp.Seq != first {
-		t.Errorf("released %q at seq %d, want the whole rewritten line at %d", tcp.Payload, tcp.Seq, first)
+	if _, tcp := decoded(t, got.altered); string(tcp.Payload) != "198,51,100,1,4,1\r\n" || tcp.Seq != first+5 {
+		t.Errorf("released %q at seq %d, want the rewritten argument at %d", tcp.Payload, tcp.Seq, first+5)
+	}
+}
+
+// TestNagleVerbReleased: a client with Nagle on writes "PORT " then its argument; the verb
+// segment is released at once (so the server acknowledges it and Nagle lets the rest go), the
+// argument is rewritten in its own segment. A refused one has its argument neutralised.
+func TestNagleVerbReleased(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	if v := onlyVerdict(t, h.fromClient("PORT ")); !v.accept || v.altered != nil {
+		t.Fatalf("verb segment: %+v, want released as it is", v)
+	}
+	seq := h.cseq
+	v := onlyVerdict(t, h.fromClient("192,0,2,10,4,1\r\n"))
+	if _, tcp := decoded(t, v.altered); string(tcp.Payload) != "198,51,100,1,4,1\r\n" || tcp.Seq != seq {
+		t.Errorf("argument released as %q at %d, want rewritten at %d", tcp.Payload, tcp.Seq, seq)
+	}
+	if want := (adjCall{conntrack.Original, conntrack.SeqAdj{Pos: seq, After: 2}, true}); len(h.k.adjs) != 1 || h.k.adjs[0] != want {
+		t.Errorf("adjustments %+v, want %+v", h.k.adjs, want)
+	}
+	h.fromServer("200 ok\r\n")
+	h.fromClient("PORT ")
+	v = onlyVerdict(t, h.fromClient("203,0,113,5,4,1\r\n"))
+	if _, tcp := decoded(t, v.altered); string(tcp.Payload) != "XXXXXXXXXXXXXXX\r\n" {
+		t.Errorf("bounce argument released as %q, want it neutralised", tcp.Payload)
 	}
 }
 
