@@ -21,6 +21,7 @@ const (
 
 	ctaExpectTuple = 2 // CTA_EXPECT_TUPLE
 	ctaExpectID    = 5 // CTA_EXPECT_ID
+	ctaExpectZone  = 7 // CTA_EXPECT_ZONE
 
 	ctaTupleIP    = 1 // CTA_TUPLE_IP
 	ctaTupleProto = 2 // CTA_TUPLE_PROTO
@@ -129,6 +130,7 @@ func expectFrom(x *ct.Expect) (Expectation, bool) {
 		return Expectation{}, false
 	}
 	e := Expectation{
+		Zone:    x.Zone,
 		Master:  master,
 		Src:     t.Src.Addr(),
 		Dst:     t.Dst,

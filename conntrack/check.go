@@ -254,7 +254,11 @@ func nftFTPHelpers() ([]string, error) {
 	for _, c := range chains {
 		rules, err := nft.GetRules(c.Table, c)
 		if err != nil {
-			return nil, fmt.Errorf("rules of chain %s %s: %w", c.Table.Name, c.Name, err)
+			// google/nftables cannot decode every expression the kernel accepts (e.g. a
+			// `ct original proto-dst` match): that chain is skipped (a CT --helper ftp rule
+			// in it goes unnoticed; the live-flow check below still sees its effect) rather
+			// than refusing to start on a valid ruleset.
+			continue
 		}
 		for _, r := range rules {
 			if slices.ContainsFunc(r.Exprs, isCTFTPTarget) {

@@ -56,26 +56,39 @@ func (c *Conn) Close() error {
 	return errors.Join(c.ct.Close(), c.nf.Close(), c.ns.Close())
 }
 
-// Lookup finds the control connection's conntrack entry from the tuple seen in a client→server
-// packet at the queue point (FORWARD/INPUT/OUTPUT hooks, i.e. after DNAT, before SNAT): try it
-// as the original tuple; if not found, as the reverse of the reply tuple (port-forward DNAT).
-func (c *Conn) Lookup(seen Tuple) (Flow, error) {
+// Lookup finds the control connection's conntrack entry in zone 0; see LookupIn.
+func (c *Conn) Lookup(seen Tuple) (Flow, error) { return c.LookupIn(seen, 0) }
+
+// LookupIn finds the control connection's conntrack entry in zone from the tuple seen in a
+// client→server packet at the queue point (FORWARD/INPUT/OUTPUT hooks, i.e. after DNAT, before
+// SNAT): try it as the original tuple; if not found, as the reverse of the reply tuple
+// (port-forward DNAT); if still not found, by its original and reply sources (both NATed:
+// hairpin NAT).
+func (c *Conn) LookupIn(seen Tuple, zone uint16) (Flow, error) {
 	seen = seen.unmap()
 	if !seen.IsValid() {
 		return Flow{}, fmt.Errorf("lookup %s: %w", seen, errBadTuple)
 	}
-	q := ct.Flow{TupleOrig: ctTuple(seen)}
-	f, err := c.ct.Get(q)
+	f, err := c.ct.Get(ct.Flow{TupleOrig: ctTuple(seen), Zone: zone})
 	if errors.Is(err, unix.ENOENT) {
 		// Under a port-forward the client addressed the public endpoint; the queue point sees
 		// the packet after DNAT, which is the reverse of the reply tuple.
-		f, err = c.ct.Get(ct.Flow{TupleReply: ctTuple(seen.Reverse())})
+		f, err = c.ct.Get(ct.Flow{TupleReply: ctTuple(seen.Reverse()), Zone: zone})
 	}
 	if errors.Is(err, unix.ENOENT) {
-		// Both NATed (hairpin NAT: DNAT to an inside server, SNAT back to the router), or in
-		// another zone: neither tuple is known whole at the queue point, but the original
-		// source and the reply source are what the packet shows.
-		f, err = c.findBySources(seen)
+		// Both NATed (hairpin NAT: DNAT to an inside server, SNAT back to the router):
+		// neither tuple is known whole at the queue point, but the original source and the
+		// reply source are what the packet shows.
+		var fs []ct.Flow
+		if fs, err = c.findBySources(seen); err == nil {
+			err = unix.ENOENT
+			for i := range fs {
+				if fs[i].Zone == zone {
+					f, err = fs[i], nil
+					break
+				}
+			}
+		}
 	}
 	if err != nil {
 		return Flow{}, kernelErr("lookup", seen.String(), err, errnoFlow)
@@ -85,6 +98,29 @@ func (c *Conn) Lookup(seen Tuple) (Flow, error) {
 		return Flow{}, fmt.Errorf("lookup %s: %w", seen, errNotTCP)
 	}
 	return fl, nil
+}
+
+// Discover finds the entries of the connection seen (as LookupIn sees it) in every zone: one
+// dump the kernel filters down to the entries whose original source and reply source are what
+// the packet shows. Several when zones with overlapping address spaces hold the same 4-tuple.
+// It walks the kernel's whole table, so the caller uses it to learn which zone packets of an
+// interface belong to, not per session.
+func (c *Conn) Discover(seen Tuple) ([]Flow, error) {
+	seen = seen.unmap()
+	if !seen.IsValid() {
+		return nil, fmt.Errorf("discover %s: %w", seen, errBadTuple)
+	}
+	fs, err := c.findBySources(seen)
+	if err != nil {
+		return nil, kernelErr("discover", seen.String(), err, errnoFlow)
+	}
+	out := make([]Flow, 0, len(fs))
+	for i := range fs {
+		if fl, ok := flowFrom(&fs[i]); ok {
+			out = append(out, fl)
+		}
+	}
+	return out, nil
 }
 
 // ctnetlink dump filter (nfnetlink_conntrack.h, ctnetlink_alloc_filter).
@@ -98,10 +134,10 @@ const (
 	filterFlagProtoSport = 1 << 4
 )
 
-// findBySources finds, in any zone, the TCP entry whose original source is seen.Src and whose
-// reply source is seen.Dst: a dump the kernel filters down to that connection
-// (CTA_FILTER, Linux 5.9+). ENOENT when there is none; the first when several zones hold it.
-func (c *Conn) findBySources(seen Tuple) (ct.Flow, error) {
+// findBySources finds, in every zone, the TCP entries whose original source is seen.Src and
+// whose reply source is seen.Dst: a dump the kernel filters down to that connection
+// (CTA_FILTER, Linux 5.9+). ENOENT when there is none.
+func (c *Conn) findBySources(seen Tuple) ([]ct.Flow, error) {
 	// NLA_U32 attributes not flagged network-order are in host byte order.
 	native := binary.NativeEndian.AppendUint32(nil, filterFlagIPSrc|filterFlagProtoNum|filterFlagProtoSport)
 	attrs := []netfilter.Attribute{
@@ -119,12 +155,13 @@ func (c *Conn) findBySources(seen Tuple) (ct.Flow, error) {
 		Flags:       netlink.Request | netlink.Dump,
 	}, attrs)
 	if err != nil {
-		return ct.Flow{}, err
+		return nil, err
 	}
 	msgs, err := c.nf.Query(req)
 	if err != nil {
-		return ct.Flow{}, err
+		return nil, err
 	}
+	var out []ct.Flow
 	for _, m := range msgs {
 		var ev ct.Event
 		if ev.Unmarshal(m) != nil || ev.Flow == nil {
@@ -136,9 +173,12 @@ func (c *Conn) findBySources(seen Tuple) (ct.Flow, error) {
 		if r, ok := tupleFrom(ev.Flow.TupleReply); !ok || r.Src != seen.Dst {
 			continue
 		}
-		return *ev.Flow, nil
+		out = append(out, *ev.Flow)
 	}
-	return ct.Flow{}, unix.ENOENT
+	if len(out) == 0 {
+		return nil, unix.ENOENT
+	}
+	return out, nil
 }
 
 // CreateExpect creates the pinhole e (the expectation is created and reported with ExpectNew
@@ -156,6 +196,7 @@ func (c *Conn) CreateExpect(e Expectation) error {
 	}
 	ex := ct.Expect{
 		Timeout:     timeoutSeconds(e.Timeout),
+		Zone:        e.Zone,
 		TupleMaster: ctTuple(e.Master),
 		Tuple:       ctTuple(Tuple{Src: netip.AddrPortFrom(e.Src, 0), Dst: e.Dst}),
 		Mask:        expectMask(e.Src.Is4()),
@@ -185,12 +226,16 @@ func (c *Conn) DeleteExpect(e Expectation) error {
 	}
 	pf := family(e.Src)
 	tuple := tupleAttr(ctaExpectTuple, netip.AddrPortFrom(e.Src, 0), e.Dst)
+	key := []netfilter.Attribute{tuple}
+	if e.Zone != 0 {
+		key = append(key, netfilter.Attribute{Type: ctaExpectZone, Data: netfilter.Uint16Bytes(e.Zone)})
+	}
 	req, err := netfilter.MarshalNetlink(netfilter.Header{
 		SubsystemID: netfilter.NFSubsysCTNetlinkExp,
 		MessageType: ipctnlMsgExpGet,
 		Family:      pf,
 		Flags:       netlink.Request | netlink.Acknowledge,
-	}, []netfilter.Attribute{tuple})
+	}, key)
 	if err != nil {
 		return fmt.Errorf("delete expectation %s: %w", e, err)
 	}
@@ -213,7 +258,7 @@ func (c *Conn) DeleteExpect(e Expectation) error {
 		return fmt.Errorf("delete expectation %s: tuple now belongs to master %s: %w", e, m, ErrNotFound)
 	}
 	id := netfilter.Attribute{Type: ctaExpectID, Data: netfilter.Uint32Bytes(got.ID)}
-	if err := c.query(netfilter.NFSubsysCTNetlinkExp, ipctnlMsgExpDelete, pf, []netfilter.Attribute{tuple, id}); err != nil {
+	if err := c.query(netfilter.NFSubsysCTNetlinkExp, ipctnlMsgExpDelete, pf, append(key, id)); err != nil {
 		return kernelErr("delete expectation", e.String(), err, errnoExpect)
 	}
 	return nil

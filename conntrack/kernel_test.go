@@ -84,6 +84,47 @@ func TestLookupHairpin(t *testing.T) {
 	}
 }
 
+// TestZones: a control connection in zone 5 is found in its zone (not in zone 0), discovered
+// across zones, and gets its pinhole and its sequence adjustment in its zone.
+func TestZones(t *testing.T) {
+	l := newLab(t)
+	ln := l.listen(netip.AddrPortFrom(lo4, 2125))
+	orig, _ := l.connect(ln, netip.AddrPortFrom(lo4, 2125))
+	if _, err := l.c.Lookup(orig); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Lookup in zone 0 = %v, want ErrNotFound", err)
+	}
+	f, err := l.c.LookupIn(orig, 5)
+	if err != nil || f.Zone != 5 {
+		t.Fatalf("LookupIn(zone 5) = %+v, %v", f, err)
+	}
+	if f.Helper != CarrierHelper {
+		t.Fatalf("helper %q", f.Helper)
+	}
+	fs, err := l.c.Discover(orig)
+	if err != nil || len(fs) != 1 || fs[0].Zone != 5 || fs[0].Orig != orig {
+		t.Fatalf("Discover = %+v, %v; want the zone-5 entry", fs, err)
+	}
+	e := Expectation{Zone: 5, Master: f.Orig, Src: lo4, Dst: netip.AddrPortFrom(lo4, l.freePort(lo4)), Timeout: 30 * time.Second}
+	if err := l.c.CreateExpect(e); err != nil {
+		t.Fatalf("CreateExpect in zone 5: %v", err)
+	}
+	// The kernel's expectation dump does not report the zone; deleting shows it is there.
+	if got := l.listExpect(); len(got) != 1 {
+		t.Errorf("expectations = %+v, want one", got)
+	}
+	wrong := e
+	wrong.Zone = 0
+	if err := l.c.DeleteExpect(wrong); !errors.Is(err, ErrNotFound) {
+		t.Errorf("DeleteExpect in zone 0 = %v, want ErrNotFound (it is in zone 5)", err)
+	}
+	if err := l.c.DeleteExpect(e); err != nil {
+		t.Errorf("DeleteExpect in zone 5: %v", err)
+	}
+	if got := l.listExpect(); len(got) != 0 {
+		t.Errorf("expectations after delete = %+v", got)
+	}
+}
+
 func TestLookupNotFound(t *testing.T) {
 	l := newLab(t)
 	seen := Tuple{Src: netip.MustParseAddrPort("127.0.0.1:1"), Dst: netip.MustParseAddrPort("127.0.0.1:21")}

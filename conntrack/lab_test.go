@@ -33,6 +33,7 @@ import (
 // port-forwarded to 21 too, with the carrier attached BEFORE the DNAT: only such a connection
 // has the sequence-adjustment extension (on 2121 the helper comes after NAT). Port 2123 is
 // hairpin NAT: DNAT to 21 and SNAT to 127.0.0.2, so neither tuple is what the queue point sees.
+// Port 2125 is a control port in conntrack zone 5.
 const labRuleset = `
 table inet ftpalg_lab {
 	ct helper sane {
@@ -40,7 +41,12 @@ table inet ftpalg_lab {
 	}
 	chain out {
 		type filter hook output priority filter; policy accept;
-		tcp dport 21 ct helper set "sane"
+		tcp dport { 21, 2125 } ct helper set "sane"
+	}
+	chain zone_out {
+		type filter hook output priority raw; policy accept;
+		tcp dport 2125 ct zone set 5
+		tcp sport 2125 ct zone set 5
 	}
 	chain out_early {
 		type filter hook output priority -150; policy accept;

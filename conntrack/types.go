@@ -85,7 +85,8 @@ type Flow struct {
 // mapping: NATTo.Addr() must be the announcer's own address, which rule 1 of the design
 // (bounce protection) already guarantees.
 type Expectation struct {
-	Master  Tuple // master's original tuple
+	Zone    uint16 // the master's conntrack zone
+	Master  Tuple  // master's original tuple
 	Src     netip.Addr
 	Dst     netip.AddrPort
 	NAT     bool

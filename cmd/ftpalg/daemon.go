@@ -235,7 +235,7 @@ func (d *daemon) onEvent(ctx context.Context, ev conntrack.Event, pins *pinholes
 			return
 		}
 		for _, w := range workers {
-			w.send(ctx, ctlMsg{kind: ctlFlowGone, orig: ev.Flow.Orig})
+			w.send(ctx, ctlMsg{kind: ctlFlowGone, orig: ev.Flow.Orig, zone: ev.Flow.Zone})
 		}
 	}
 }

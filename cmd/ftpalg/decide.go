@@ -26,7 +26,7 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 		}
 	case alg.ActReject:
 		if d.Reason == alg.ReasonBounce && d.Dir == alg.FromClient && w.fxp != nil &&
-			w.fxp.match(s.key.client.Addr(), d.Endpoint, now) {
+			w.fxp.match(fxpClient{s.key.zone, s.key.client.Addr()}, d.Endpoint, now) {
 			// FXP: the client hands one server the endpoint another server announced to
 			// it. The data connection runs between the two servers: nothing to open, the
 			// command passes as it is.
@@ -160,7 +160,7 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) (string, e
 	}
 	landing := netip.AddrPortFrom(sender, e.Port())
 	to := netip.AddrPortFrom(peerSees, e.Port())
-	exp := conntrack.Expectation{Master: f.Orig, Src: from, Timeout: w.cfg.PinholeTimeout}
+	exp := conntrack.Expectation{Zone: f.Zone, Master: f.Orig, Src: from, Timeout: w.cfg.PinholeTimeout}
 	var err error
 	for try := 0; try < maxPortTries; try++ {
 		exp.Dst = to
@@ -209,7 +209,7 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) (string, e
 	s.pinholes++
 	if d.Dir == alg.FromServer && w.fxp != nil {
 		// What the client was told, as it would hand it to another server (FXP).
-		w.fxp.announced(s.key.client.Addr(), netip.AddrPortFrom(f.Orig.Dst.Addr(), to.Port()), w.now)
+		w.fxp.announced(fxpClient{s.key.zone, s.key.client.Addr()}, netip.AddrPortFrom(f.Orig.Dst.Addr(), to.Port()), w.now)
 	}
 	if replaced := w.pins.open(w, s.key, exp, d.Cmd.String(), d.Loose); replaced {
 		s.eng.Release()

@@ -15,7 +15,13 @@ type fxpBook struct {
 	ttl time.Duration
 
 	mu sync.Mutex
-	m  map[netip.Addr][]fxpEntry
+	m  map[fxpClient][]fxpEntry
+}
+
+// fxpClient is a client address in its conntrack zone.
+type fxpClient struct {
+	zone uint16
+	addr netip.Addr
 }
 
 type fxpEntry struct {
@@ -29,11 +35,11 @@ const (
 )
 
 func newFXPBook(ttl time.Duration) *fxpBook {
-	return &fxpBook{ttl: ttl, m: make(map[netip.Addr][]fxpEntry)}
+	return &fxpBook{ttl: ttl, m: make(map[fxpClient][]fxpEntry)}
 }
 
 // announced records that a server told client to connect to ep.
-func (b *fxpBook) announced(client netip.Addr, ep netip.AddrPort, now time.Time) {
+func (b *fxpBook) announced(client fxpClient, ep netip.AddrPort, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	es := b.m[client]
@@ -56,7 +62,7 @@ func (b *fxpBook) announced(client netip.Addr, ep netip.AddrPort, now time.Time)
 }
 
 // match reports whether ep is an endpoint a server announced to client within the last ttl.
-func (b *fxpBook) match(client netip.Addr, ep netip.AddrPort, now time.Time) bool {
+func (b *fxpBook) match(client fxpClient, ep netip.AddrPort, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, e := range b.m[client] {

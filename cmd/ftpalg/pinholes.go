@@ -216,7 +216,7 @@ func (p *pinholes) adopt(exps []conntrack.Expectation) {
 		}
 		age := carrierTimeout - e.Timeout
 		left := max(p.timeout-age, 0)
-		sess := sessKey{client: e.Master.Src, server: e.Master.Dst}
+		sess := sessKey{client: e.Master.Src, server: e.Master.Dst, zone: e.Zone}
 		ph := &pinhole{key: pinKey{src: e.Src, dst: e.Dst}, exp: e, sess: sess, cmd: "adopted",
 			opened: now.Add(-age), expires: now.Add(left)}
 		p.mu.Lock()
@@ -249,7 +249,7 @@ func (p *pinholes) repair(e conntrack.Expectation) {
 	if known {
 		return
 	}
-	f, err := p.k.Lookup(e.Master)
+	f, err := p.k.LookupIn(e.Master, e.Zone)
 	if err != nil || f.Helper != conntrack.CarrierHelper && f.Helper != "" {
 		return
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -18,7 +19,8 @@ import (
 // kernel is what a worker needs from the connection tracker; *conntrack.Conn implements it and
 // tests use a fake.
 type kernel interface {
-	Lookup(seen conntrack.Tuple) (conntrack.Flow, error)
+	LookupIn(seen conntrack.Tuple, zone uint16) (conntrack.Flow, error)
+	Discover(seen conntrack.Tuple) ([]conntrack.Flow, error)
 	SetSeqAdj(f conntrack.Flow, d conntrack.Dir, a conntrack.SeqAdj, verify bool) error
 	CreateExpect(e conntrack.Expectation) error
 	DeleteExpect(e conntrack.Expectation) error
@@ -54,11 +56,25 @@ const (
 
 var errJoinTooLarge = errors.New("join held segment: larger than the egress MTU")
 
-// sessKey identifies a control connection by its endpoints as seen at the queue point.
-type sessKey struct{ client, server netip.AddrPort }
+// sessKey identifies a control connection by its endpoints as seen at the queue point and its
+// conntrack zone (zones with overlapping address spaces may hold the same endpoints).
+type sessKey struct {
+	client, server netip.AddrPort
+	zone           uint16
+}
+
+// origKey identifies a conntrack entry: its original tuple in its zone.
+type origKey struct {
+	orig conntrack.Tuple
+	zone uint16
+}
 
 func (k sessKey) attrs() []slog.Attr {
-	return []slog.Attr{slog.String("client", k.client.String()), slog.String("server", k.server.String())}
+	a := []slog.Attr{slog.String("client", k.client.String()), slog.String("server", k.server.String())}
+	if k.zone != 0 {
+		a = append(a, slog.Int("zone", int(k.zone)))
+	}
+	return a
 }
 
 type held struct {
@@ -127,6 +143,7 @@ type ctlMsg struct {
 	kind ctlKind
 	key  sessKey
 	orig conntrack.Tuple
+	zone uint16
 }
 
 // worker owns the sessions of one queue: everything on the packet path runs on its goroutine,
@@ -146,8 +163,11 @@ type worker struct {
 
 	mu sync.Mutex // the packet path (enqueue) and the timer/event loop (run)
 
-	sessions  map[sessKey]*session
-	byOrig    map[conntrack.Tuple]*session
+	sessions map[sessKey]*session
+	byOrig   map[origKey]*session
+	// zoneOf is the conntrack zone of the connections whose client side is an interface, as
+	// learned from their entries (the queue does not carry the zone).
+	zoneOf    map[uint32]uint16
 	perClient map[netip.Addr]int // by clientKey
 	young     int                // sessions still young
 	youngQ    []*session         // young sessions, oldest first (some grew up or went since)
@@ -155,6 +175,7 @@ type worker struct {
 	holding   map[*session]struct{}
 
 	outDev  uint32     // output interface of the packet being handled (0: local delivery)
+	ifc     uint32     // the client-side interface of the packet being handled
 	now     time.Time  // when the packet being handled was read
 	pkt     nat.Packet // the packet being handled
 	hpkt    nat.Packet // a held packet being released
@@ -189,7 +210,8 @@ func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *
 		m:         m,
 		ctl:       make(chan ctlMsg, 1024),
 		sessions:  make(map[sessKey]*session),
-		byOrig:    make(map[conntrack.Tuple]*session),
+		byOrig:    make(map[origKey]*session),
+		zoneOf:    make(map[uint32]uint16),
 		perClient: make(map[netip.Addr]int),
 		holding:   make(map[*session]struct{}),
 		dec:       make([]alg.Decision, 0, 8),
@@ -281,9 +303,11 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 	var key sessKey
 	switch {
 	case w.isPort(dst.Port()):
-		dir, key = alg.FromClient, sessKey{src, dst}
+		w.ifc = p.InDev
+		dir, key = alg.FromClient, sessKey{src, dst, w.zoneOf[p.InDev]}
 	case w.isPort(src.Port()):
-		dir, key = alg.FromServer, sessKey{dst, src}
+		w.ifc = p.OutDev
+		dir, key = alg.FromServer, sessKey{dst, src, w.zoneOf[p.OutDev]}
 	default:
 		w.accept(p.ID, nil, w.m.pBypass)
 		return
@@ -642,7 +666,7 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		// spoofed packet finds none (its own entry, if the kernel made one, is not confirmed
 		// yet) and leaves no state. (No negative cache here: the next packet of a connection
 		// the kernel picked up mid-stream finds its entry confirmed.)
-		f, err := w.k.Lookup(conntrack.Tuple{Src: key.client, Dst: key.server})
+		f, err := w.lookup(key)
 		if err != nil {
 			if !errors.Is(err, conntrack.ErrNotFound) {
 				w.m.kernelErrors.WithLabelValues("lookup").Inc()
@@ -664,6 +688,12 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 			w.logEvent(evRejected, key, slog.String("reason", "session_limit"), slog.Bool("young", young))
 		}
 		return nil
+	}
+	if !syn {
+		key.zone = flow.Zone
+		if w.sessions[key] != nil {
+			return nil
+		}
 	}
 	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now, midStream: !syn, young: young, born: now}
 	w.sessions[key] = s
@@ -697,8 +727,55 @@ func clientKey(a netip.Addr) netip.Addr {
 	return p.Addr()
 }
 
+// lookup finds the conntrack entry of the connection key names, in the zone learned for the
+// packet's client-side interface; an interface not seen yet (or an entry not found there) has
+// its zone discovered across zones, and learned when the answer is unique.
+func (w *worker) lookup(key sessKey) (conntrack.Flow, error) {
+	seen := conntrack.Tuple{Src: key.client, Dst: key.server}
+	if _, known := w.zoneOf[w.ifc]; known {
+		f, err := w.k.LookupIn(seen, key.zone)
+		if err == nil || !errors.Is(err, conntrack.ErrNotFound) {
+			return f, err
+		}
+	}
+	fs, err := w.k.Discover(seen)
+	if len(fs) > 1 {
+		// Zones another interface's connections are known to be in are not this one's.
+		free := fs[:0:0]
+		for _, f := range fs {
+			if !w.zoneClaimed(f.Zone, w.ifc) {
+				free = append(free, f)
+			}
+		}
+		if len(free) > 0 {
+			fs = free
+		}
+	}
+	switch {
+	case err != nil:
+		return conntrack.Flow{}, err
+	case len(fs) > 1:
+		// The same endpoints in several zones, and nothing yet says which one this
+		// interface's packets are in: refuse rather than guess.
+		w.m.notes.WithLabelValues("zone_ambiguous").Inc()
+		return conntrack.Flow{}, fmt.Errorf("lookup %s: %d zones hold it: %w", seen, len(fs), conntrack.ErrNotFound)
+	}
+	w.zoneOf[w.ifc] = fs[0].Zone
+	return fs[0], nil
+}
+
+// zoneClaimed reports whether another interface than ifc is known to carry zone's connections.
+func (w *worker) zoneClaimed(zone uint16, ifc uint32) bool {
+	for i, z := range w.zoneOf {
+		if z == zone && i != ifc {
+			return true
+		}
+	}
+	return false
+}
+
 func (w *worker) lookupFlow(s *session) {
-	f, err := w.k.Lookup(conntrack.Tuple{Src: s.key.client, Dst: s.key.server})
+	f, err := w.lookup(s.key)
 	if err != nil {
 		// Remembered: the next look-up waits lookupRetry, not the next packet.
 		s.lookupMiss = w.now
@@ -711,7 +788,18 @@ func (w *worker) lookupFlow(s *session) {
 // adoptFlow records the session's conntrack entry and what it says of the session's past.
 func (w *worker) adoptFlow(s *session, f conntrack.Flow) {
 	s.flow, s.haveFlow = f, true
-	w.byOrig[f.Orig] = s
+	if f.Zone != s.key.zone && w.sessions[s.key] == s {
+		// The session was keyed before its zone was known (the first connection of its
+		// interface): key it by its zone from now on, as the interface's packets will be.
+		nk := s.key
+		nk.zone = f.Zone
+		if w.sessions[nk] == nil {
+			delete(w.sessions, s.key)
+			s.key = nk
+			w.sessions[nk] = s
+		}
+	}
+	w.byOrig[origKey{f.Orig, f.Zone}] = s
 	if a := f.Orig.Dst.Addr(); a != s.key.server.Addr() && a != s.key.client.Addr() {
 		s.eng.SetServerAlias(a)
 	}
@@ -765,8 +853,8 @@ func (w *worker) removeSession(s *session, reason string) {
 		}
 	}
 	delete(w.sessions, s.key)
-	if s.haveFlow && w.byOrig[s.flow.Orig] == s {
-		delete(w.byOrig, s.flow.Orig)
+	if ok := (origKey{s.flow.Orig, s.flow.Zone}); s.haveFlow && w.byOrig[ok] == s {
+		delete(w.byOrig, ok)
 	}
 	w.uncountClient(s)
 	w.grownUp(s)
@@ -845,7 +933,7 @@ func (w *worker) control(m ctlMsg, now time.Time) {
 			s.eng.Release()
 		}
 	case ctlFlowGone:
-		s := w.byOrig[m.orig]
+		s := w.byOrig[origKey{m.orig, m.zone}]
 		if s == nil {
 			return
 		}
@@ -854,7 +942,7 @@ func (w *worker) control(m ctlMsg, now time.Time) {
 			// its stream resized: keep what ftpalg knows of the adjustment for the entry the
 			// kernel creates from the connection's next packet. If no packet comes, the sweep
 			// finds no entry and forgets the session.
-			delete(w.byOrig, m.orig)
+			delete(w.byOrig, origKey{m.orig, m.zone})
 			s.haveFlow, s.readjust = false, true
 			w.logEvent(evNote, s.key, slog.String("reason", "conntrack_gone_kept"))
 			return
@@ -883,7 +971,7 @@ func (w *worker) sweep(now time.Time) {
 		case s.closedAt.IsZero() && now.Sub(s.lastSeen) >= idleCheck && checks < maxIdleChecks:
 			checks++
 			t := conntrack.Tuple{Src: s.key.client, Dst: s.key.server}
-			if _, err := w.k.Lookup(t); errors.Is(err, conntrack.ErrNotFound) {
+			if _, err := w.k.LookupIn(t, s.key.zone); errors.Is(err, conntrack.ErrNotFound) {
 				w.removeSession(s, "conntrack_gone")
 				continue
 			}

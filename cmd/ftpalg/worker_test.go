@@ -28,20 +28,41 @@ type fakeKernel struct {
 	expects  []conntrack.Expectation
 	deleted  []conntrack.Expectation
 	adjs     []adjCall
+	zoned    map[conntrack.Tuple][]conntrack.Flow // entries of the same endpoints in other zones
 	lookups  int
 	noSeqAdj bool                    // the entry lacks the seqadj extension (no NAT after the helper)
 	busyPort map[netip.AddrPort]bool // expectation destinations that collide
 	refuse   int                     // CreateExpect calls still to refuse (no carrier helper)
 }
 
-func (k *fakeKernel) Lookup(seen conntrack.Tuple) (conntrack.Flow, error) {
+func (k *fakeKernel) LookupIn(seen conntrack.Tuple, zone uint16) (conntrack.Flow, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.lookups++
-	if f, ok := k.flows[seen]; ok {
+	if f, ok := k.flows[seen]; ok && f.Zone == zone {
 		return f, nil
 	}
+	for _, f := range k.zoned[seen] {
+		if f.Zone == zone {
+			return f, nil
+		}
+	}
 	return conntrack.Flow{}, conntrack.ErrNotFound
+}
+
+func (k *fakeKernel) Discover(seen conntrack.Tuple) ([]conntrack.Flow, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.lookups++
+	var out []conntrack.Flow
+	if f, ok := k.flows[seen]; ok {
+		out = append(out, f)
+	}
+	out = append(out, k.zoned[seen]...)
+	if len(out) == 0 {
+		return nil, conntrack.ErrNotFound
+	}
+	return out, nil
 }
 
 type adjCall struct {
@@ -55,7 +76,7 @@ func (k *fakeKernel) SetSeqAdj(f conntrack.Flow, d conntrack.Dir, a conntrack.Se
 	defer k.mu.Unlock()
 	k.adjs = append(k.adjs, adjCall{d, a, verify})
 	for key, fl := range k.flows {
-		if fl.Orig != f.Orig {
+		if fl.Orig != f.Orig || fl.Zone != f.Zone {
 			continue
 		}
 		if k.noSeqAdj {
@@ -67,6 +88,15 @@ func (k *fakeKernel) SetSeqAdj(f conntrack.Flow, d conntrack.Dir, a conntrack.Se
 		fl.SeqAdj[d], fl.Adjusting = a, true
 		k.flows[key] = fl
 		return nil
+	}
+	for key, fs := range k.zoned {
+		for i := range fs {
+			if fs[i].Orig == f.Orig && fs[i].Zone == f.Zone {
+				fs[i].SeqAdj[d], fs[i].Adjusting = a, true
+				k.zoned[key] = fs
+				return nil
+			}
+		}
 	}
 	return conntrack.ErrNotFound
 }
@@ -194,6 +224,9 @@ type harness struct {
 	id   uint32
 	now  time.Time
 	dev  uint32 // output interface of the packets sent (0: local delivery)
+	// inDev is the input interface; tenant, when set, is the client-side interface (input of
+	// the client's packets, output of the server's).
+	inDev, tenant uint32
 	// next sequence numbers in each direction's original numbering
 	cseq, sseq uint32
 }
@@ -217,7 +250,13 @@ func newHarness(t *testing.T, cfg *config) *harness {
 // send hands one packet to the worker and returns the verdicts given since the last call.
 func (h *harness) send(b []byte) []verdict {
 	h.id++
-	h.w.handle(queue.Packet{ID: h.id, Payload: b, OutDev: h.dev}, h.now)
+	in, out := h.inDev, h.dev
+	if h.tenant != 0 && len(b) > 21 && b[21] == 21 { // from the server (sport 21): leaving to the tenant
+		in, out = 0, h.tenant
+	} else if h.tenant != 0 {
+		in = h.tenant
+	}
+	h.w.handle(queue.Packet{ID: h.id, Payload: b, InDev: in, OutDev: out}, h.now)
 	return h.q.take()
 }
 
@@ -443,7 +482,7 @@ func TestPinholeExpiresAtTimeout(t *testing.T) {
 	h.fromClient("PORT 192,0,2,10,4,1\r\n")
 	select {
 	case m := <-h.w.ctl:
-		if m.kind != ctlRelease || m.key != (sessKey{client, server}) {
+		if m.kind != ctlRelease || m.key != (sessKey{client, server, 0}) {
 			t.Errorf("control message = %+v, want a release for the session", m)
 		}
 	case <-time.After(5 * time.Second):
@@ -562,7 +601,7 @@ func TestIdleSessionIsKeptWhileTracked(t *testing.T) {
 		}
 	}
 	// Its retransmission is still re-altered: nothing of it was dropped.
-	if s := h.w.sessions[sessKey{client, server}]; !s.nat.Active() || !s.adjProven {
+	if s := h.w.sessions[sessKey{client, server, 0}]; !s.nat.Active() || !s.adjProven {
 		t.Error("the idle session lost its rewriting state")
 	}
 	delete(h.k.flows, conntrack.Tuple{Src: client, Dst: server})
@@ -763,7 +802,7 @@ func TestPinholeRateIsLimitedPerSession(t *testing.T) {
 	h.fromServer("220 ready\r\n")
 	for i := 0; i < maxPinholeBurst+50; i++ {
 		h.fromClient("PORT 192,0,2,10,4,1\r\n")
-		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server}}, h.now) // as when used
+		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server, 0}}, h.now) // as when used
 	}
 	if got := testutilCount(t, h.w.m.pinholesOpened); got != maxPinholeBurst {
 		t.Errorf("%v pinholes opened back to back, want the burst %d", got, maxPinholeBurst)
@@ -776,7 +815,7 @@ func TestPinholeRateIsLimitedPerSession(t *testing.T) {
 	before := testutilCount(t, h.w.m.pinholesOpened)
 	for i := 0; i < maxPinholeRate+10; i++ {
 		h.fromClient("PORT 192,0,2,10,4,1\r\n")
-		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server}}, h.now)
+		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server, 0}}, h.now)
 	}
 	if got := testutilCount(t, h.w.m.pinholesOpened) - before; got != maxPinholeRate {
 		t.Errorf("%v pinholes in the next second, want %d", got, maxPinholeRate)
@@ -817,7 +856,7 @@ func TestNewConnectionOnALingeringTupleGetsAFreshSession(t *testing.T) {
 	h.fromClient("PORT 192,0,2,10,4,1\r\n") // the old connection's stream is resized
 	h.send(tcpPacket(t, client, server, h.cseq, h.sseq, false, true, ""))
 	h.send(tcpPacket(t, server, client, h.sseq, h.cseq+1, false, true, ""))
-	old := h.w.sessions[sessKey{client, server}]
+	old := h.w.sessions[sessKey{client, server, 0}]
 	if old == nil || old.closedAt.IsZero() {
 		t.Fatal("the first connection is not closed")
 	}
@@ -829,7 +868,7 @@ func TestNewConnectionOnALingeringTupleGetsAFreshSession(t *testing.T) {
 	h2.w, h2.q, h2.k, h2.logs = h.w, h.q, h.k, h.logs
 	h2.cseq, h2.sseq = 5000, 9000
 	h2.handshake()
-	if s := h.w.sessions[sessKey{client, server}]; s == old || s.nat.Active() {
+	if s := h.w.sessions[sessKey{client, server, 0}]; s == old || s.nat.Active() {
 		t.Fatal("the new connection reuses the closed one's session")
 	}
 	if v := onlyVerdict(t, h2.fromServer("220 ready\r\n")); v.altered != nil {
@@ -904,7 +943,7 @@ func TestBlindRSTDoesNotEndTheSession(t *testing.T) {
 		return buf.Bytes()
 	}
 	h.send(rst(h.sseq + 1000))
-	s := h.w.sessions[sessKey{client, server}]
+	s := h.w.sessions[sessKey{client, server, 0}]
 	if s == nil || s.eng.Closed() || !s.closedAt.IsZero() {
 		t.Fatal("a blind RST ended the session")
 	}
@@ -931,12 +970,12 @@ func TestYoungSessionsAreCappedAndShortLived(t *testing.T) {
 	// The newest SYNs took the places of the oldest: the first 100 are gone.
 	for i := 0; i < maxYoung+100; i += 5000 {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), uint16(1024+i/256))
-		_, ok := h.w.sessions[sessKey{src, server}]
+		_, ok := h.w.sessions[sessKey{src, server, 0}]
 		if want := i >= 100; ok != want {
 			t.Errorf("young session %d present = %v, want %v", i, ok, want)
 		}
 	}
-	if _, ok := h.w.sessions[sessKey{client, server}]; !ok {
+	if _, ok := h.w.sessions[sessKey{client, server, 0}]; !ok {
 		t.Error("the answered session was evicted by the SYN flood")
 	}
 	h.w.sweep(h.now.Add(youngTimeout))
@@ -1065,7 +1104,7 @@ func TestRefusedPortClosesThePinhole(t *testing.T) {
 	if ev := h.events(evPinholeClosed); len(ev) != 1 || ev[0]["reason"] != "refused" {
 		t.Errorf("pinhole_closed = %v, want reason refused", ev)
 	}
-	if got := h.w.sessions[sessKey{client, server}].eng.Pending(); got != 0 {
+	if got := h.w.sessions[sessKey{client, server, 0}].eng.Pending(); got != 0 {
 		t.Errorf("%d pinholes still pending in the engine", got)
 	}
 }
@@ -1114,5 +1153,45 @@ func TestFXP(t *testing.T) {
 	v = onlyVerdict(t, send(clientB, serverB, 155, 737, false, "PORT 198,51,100,20,195,80\r\n"))
 	if _, tcp := decoded(t, v.altered); !strings.HasPrefix(string(tcp.Payload), "XXXX") {
 		t.Errorf("an expired announcement still made FXP: %q", tcp.Payload)
+	}
+}
+
+// TestZonesWithTheSameEndpoints: two tenants on two interfaces, conntrack zones 1 and 2, use
+// the same endpoints at the same time. Each session finds its own entry (the first by
+// discovery, the second because zone 1 is known to be the other interface's), and its pinhole
+// goes into its zone, with its own NAT address.
+func TestZonesWithTheSameEndpoints(t *testing.T) {
+	pub2 := netip.MustParseAddrPort("203.0.113.1:40000")
+	z1 := snatFlow
+	z1.Zone = 1
+	z2 := snatFlow
+	z2.Zone, z2.Reply.Dst = 2, pub2
+	h := newHarness(t, nil)
+	delete(h.k.flows, conntrack.Tuple{Src: client, Dst: server})
+	h.k.zoned = map[conntrack.Tuple][]conntrack.Flow{{Src: client, Dst: server}: {z1}}
+	h.tenant = 3
+	h.handshake()
+	h.fromServer("220 A\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n")
+	if len(h.k.expects) != 1 || h.k.expects[0].Zone != 1 || h.k.expects[0].Dst.Addr() != public.Addr() {
+		t.Fatalf("tenant A's pinhole = %+v, want one in zone 1 to %s\n%s", h.k.expects, public.Addr(), h.logs)
+	}
+	// Tenant B, same endpoints, on interface 4, while A's entry exists.
+	h.k.zoned[conntrack.Tuple{Src: client, Dst: server}] = []conntrack.Flow{z1, z2}
+	hb := newHarness(t, nil)
+	hb.w, hb.q, hb.k, hb.logs = h.w, h.q, h.k, h.logs
+	hb.tenant = 4
+	hb.cseq, hb.sseq = 7000, 8000
+	hb.handshake()
+	hb.fromServer("220 B\r\n")
+	v := onlyVerdict(t, hb.fromClient("PORT 192,0,2,10,4,2\r\n"))
+	if _, tcp := decoded(t, v.altered); string(tcp.Payload) != "PORT 203,0,113,1,4,2\r\n" {
+		t.Errorf("tenant B's PORT released as %q, want its own NAT address", tcp.Payload)
+	}
+	if len(h.k.expects) != 2 || h.k.expects[1].Zone != 2 {
+		t.Errorf("tenant B's pinhole = %+v, want one in zone 2", h.k.expects)
+	}
+	if len(h.w.sessions) != 2 {
+		t.Errorf("%d sessions, want one per tenant", len(h.w.sessions))
 	}
 }
