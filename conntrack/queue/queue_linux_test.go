@@ -252,8 +252,8 @@ func TestBothDirections(t *testing.T) {
 	if diff := cmp.Diff(want, withData); diff != "" {
 		t.Errorf("queued segments with data mismatch (-want +got):\n%s", diff)
 	}
-	if len(segs) < 5 { // SYN, SYN-ACK, ACK and the two data segments at least
-		t.Errorf("queued %d packets, want at least 5", len(segs))
+	if len(segs) < 4 { // SYN, SYN-ACK and the two data segments at least (pure ACKs pass)
+		t.Errorf("queued %d packets, want at least 4", len(segs))
 	}
 	for _, p := range pkts {
 		if p.HWProto != 0x0800 {
