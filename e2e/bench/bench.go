@@ -87,7 +87,7 @@ type Options struct {
 
 	Setups []Setup // nil: all
 	LogDir string  // where ftpalg's logs are kept ("" : a temporary directory, removed)
-	Logf   func(format string, args ...any)
+	Logf   func(format string, args ...any) `json:"-"`
 }
 
 // Full is the configuration of `make bench`.
