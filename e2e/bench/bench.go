@@ -85,8 +85,8 @@ type Options struct {
 	// address and worker): the router sees many clients, as routers do.
 	ClientAddrs int
 
-	Setups []Setup // nil: all
-	LogDir string  // where ftpalg's logs are kept ("" : a temporary directory, removed)
+	Setups []Setup                          // nil: all
+	LogDir string                           // where ftpalg's logs are kept ("" : a temporary directory, removed)
 	Logf   func(format string, args ...any) `json:"-"`
 }
 
