@@ -1,17 +1,22 @@
 // Package queue binds ftpalg to one NFQUEUE queue: it receives the control packets the
 // table of package rules sends there and gives each its verdict, now or later.
 //
-// # Allocations
+// # Read loops
 //
-// This package adds no allocation per packet: a Packet is a value built from the
-// attributes go-nfqueue decoded, and the hook closure is made once per Run.
-// go-nfqueue v2.1.0 and mdlayher/netlink v1.9.0 beneath it do allocate, per receive:
-// a page-sized read buffer (doubled until the datagram fits, so a 64 KiB packet costs a
-// few buffers), the []netlink.Message slice; per packet: a copy of the payload
-// (bytes.Clone, so Packet.Payload is the caller's to keep and to modify), and one small
-// heap object for each decoded attribute (the Attribute fields are pointers). Per verdict
-// it allocates the verdict header and the marshalled netlink message (plus the attribute
-// holding an altered payload).
+// Two loops read the queue (Config.Loop). The default, LoopLean (lean.go), reads each
+// datagram with one blocking read(2) into a buffer it owns, on a locked OS thread (pinned to
+// a CPU when Config.PinCPU is set), parses the attributes in place and writes each verdict
+// with one write(2); it adds no allocation per packet or per verdict. LoopNfqueue is
+// go-nfqueue's loop: a MSG_PEEK receive and a second receive per datagram, each parking the
+// goroutine in the netpoller, and allocations per packet and per verdict. BENCHMARKS.md has
+// the measurements that chose the default.
+//
+// # Payload ownership
+//
+// Packet.Payload is valid, and may be modified in place, until the Run callback returns:
+// the lean loop reads the next packet into the same buffer. A caller that keeps a packet for
+// a later verdict keeps a copy of the bytes it needs (with LoopNfqueue the payload is a
+// fresh copy anyway).
 //
 // # Verdicts
 //
@@ -49,7 +54,20 @@ type Config struct {
 	MaxLen   uint32 // kernel queue length, default 4096
 	FailOpen bool   // NfQaCfgFlagFailOpen: accept when the kernel queue is full
 	ReadBuf  int    // socket receive buffer bytes, default 8 MiB
+	Loop     Loop   // the read loop, default LoopLean
+	// PinCPU pins the lean loop's reader thread to CPU (with per-CPU queues: the CPU whose
+	// packets the queue receives). LoopNfqueue ignores it.
+	PinCPU bool
+	CPU    int
 }
+
+// Loop selects the read loop.
+type Loop uint8
+
+const (
+	LoopLean    Loop = iota // one blocking read per packet on a locked thread (lean.go)
+	LoopNfqueue             // go-nfqueue's receive loop
+)
 
 // Packet is one queued packet. Payload starts at the IP header and belongs to the
 // receiver: it may be kept (for a later verdict) and modified in place.
@@ -63,8 +81,9 @@ type Packet struct {
 
 // Queue is an open NFQUEUE binding. Accept, Drop and Close are safe for concurrent use.
 type Queue struct {
-	cfg Config
-	nf  *nfqueue.Nfqueue
+	cfg  Config
+	nf   *nfqueue.Nfqueue // LoopNfqueue
+	lean *leanSock        // LoopLean
 
 	closing chan struct{} // closed by Close
 	bound   chan struct{} // closed once Run has bound the queue
@@ -89,6 +108,13 @@ func Open(cfg Config) (*Queue, error) {
 	}
 	if cfg.ReadBuf == 0 {
 		cfg.ReadBuf = DefaultReadBuf
+	}
+	if cfg.Loop == LoopLean {
+		ls, err := openLean(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("open queue %d: %w", cfg.Num, err)
+		}
+		return &Queue{cfg: cfg, lean: ls, closing: make(chan struct{}), bound: make(chan struct{})}, nil
 	}
 	var flags uint32
 	if cfg.FailOpen {
@@ -142,6 +168,9 @@ func setReadBuffer(c *netlink.Conn, n int) error {
 // ReadBuffer returns the socket's receive buffer size as the kernel reports it (twice
 // the size asked for, for its bookkeeping).
 func (q *Queue) ReadBuffer() (int, error) {
+	if q.lean != nil {
+		return q.lean.readBuffer()
+	}
 	return q.nf.Con.ReadBuffer()
 }
 
@@ -167,6 +196,9 @@ func (q *Queue) Run(ctx context.Context, fn func(Packet), onErr func(error)) err
 
 	if onErr == nil {
 		onErr = func(error) {}
+	}
+	if q.lean != nil {
+		return q.runLean(ctx, fn, onErr)
 	}
 	// stopped reports why the receive loop ended by itself. fnMu is held while fn runs;
 	// once stop is set, fn is never called again.
@@ -229,6 +261,37 @@ func (q *Queue) Run(ctx context.Context, fn func(Packet), onErr func(error)) err
 	return nil
 }
 
+func (q *Queue) runLean(ctx context.Context, fn func(Packet), onErr func(error)) error {
+	if err := q.lean.bind(q.cfg); err != nil {
+		q.mu.Lock()
+		q.running = false
+		q.mu.Unlock()
+		return fmt.Errorf("bind queue %d: %w", q.cfg.Num, err)
+	}
+	close(q.bound)
+	loopDone := make(chan struct{})
+	defer close(loopDone)
+	go func() {
+		select {
+		case <-ctx.Done():
+			q.lean.stop.Store(true)
+			q.lean.wake()
+		case <-loopDone:
+		}
+	}()
+	wrapped := func(err error) { onErr(fmt.Errorf("queue %d: %w", q.cfg.Num, err)) }
+	err := q.lean.loop(q.cfg, fn, wrapped)
+	if err != nil || q.isClosed() {
+		return ErrClosed
+	}
+	// The context ended: unbind, as go-nfqueue's loop does (the kernel drops the packets
+	// still waiting for a verdict; with the rules' bypass flag later packets pass).
+	if err := q.lean.unbind(); err != nil && !errors.Is(err, ErrClosed) && !q.isClosed() {
+		wrapped(fmt.Errorf("unbind: %w", err))
+	}
+	return nil
+}
+
 // Bound is closed once Run has bound the queue. Install the rules that send packets to
 // the queue only after that: go-nfqueue binds with several configuration requests and
 // reads each reply on the socket packets arrive on, so a packet queued while it binds is
@@ -263,9 +326,12 @@ func packetOf(a *nfqueue.Attribute) Packet {
 // header on; lengths and checksums are the caller's).
 func (q *Queue) Accept(id uint32, altered []byte) error {
 	var err error
-	if altered == nil {
+	switch {
+	case q.lean != nil:
+		err = q.lean.verdict(id, verdictAccept, altered)
+	case altered == nil:
 		err = q.nf.SetVerdict(id, nfqueue.NfAccept)
-	} else {
+	default:
 		err = q.nf.SetVerdictModPacket(id, nfqueue.NfAccept, altered)
 	}
 	if err != nil {
@@ -276,7 +342,13 @@ func (q *Queue) Accept(id uint32, altered []byte) error {
 
 // Drop drops packet id.
 func (q *Queue) Drop(id uint32) error {
-	if err := q.nf.SetVerdict(id, nfqueue.NfDrop); err != nil {
+	var err error
+	if q.lean != nil {
+		err = q.lean.verdict(id, verdictDrop, nil)
+	} else {
+		err = q.nf.SetVerdict(id, nfqueue.NfDrop)
+	}
+	if err != nil {
 		return fmt.Errorf("queue %d: drop packet %d: %w", q.cfg.Num, id, err)
 	}
 	return nil
@@ -294,7 +366,15 @@ func (q *Queue) Close() error {
 	q.closed = true
 	close(q.closing)
 	q.mu.Unlock()
-	if err := q.nf.Close(); err != nil {
+	var err error
+	if q.lean != nil {
+		q.lean.stop.Store(true)
+		q.lean.wake()
+		err = q.lean.close() // waits for a read in progress to return
+	} else {
+		err = q.nf.Close()
+	}
+	if err != nil {
 		return fmt.Errorf("close queue %d: %w", q.cfg.Num, err)
 	}
 	return nil

@@ -12,9 +12,32 @@
 //     generated (output). At priority raw (-300) the statement silently does nothing, as
 //     conntrack (-200) has not yet attached an entry to the packet;
 //   - chains forward, input and output (type filter, priority -10, see below): send the
-//     control connection's packets to the NFQUEUE consumer, the original direction matched
-//     by destination port, the reply direction by source port, both on the conntrack
-//     direction so that a data connection, whatever its ports, never matches.
+//     control connection's packets (the original direction matched by destination port, the
+//     reply direction by source port) to chain control with goto;
+//   - chain control (a regular chain): decides what is queued (below), then queues.
+//
+// # What is not queued
+//
+// A packet that returns from chain control ends its base chain, whose policy accepts it:
+// it is not queued. Two kinds return:
+//
+//   - the packets of a connection carrying conntrack label SkipLabel (default 127,
+//     DefaultSkipLabel): the daemon sets it (conntrack.Conn.SetLabel) on a connection it no
+//     longer needs to see, a session in TLS passthrough or over its limits. A rule that
+//     uses ct label also makes the kernel give every new conntrack entry its label area
+//     (without it ctnetlink refuses the label with ENOSPC): connections that began before
+//     the table was loaded cannot be marked;
+//   - pure ACKs: no payload and none of SYN, FIN, RST. nft cannot compute a payload length,
+//     so each rule matches one header length exactly: an IPv4 header without options
+//     (ip hdrlength 5) or an IPv6 header without extension headers, a TCP header of 5 or 8
+//     words (no options; timestamps), and a datagram length equal to the headers. A pure ACK
+//     with other TCP options (SACK blocks) or IP options is queued, which costs a traversal
+//     and nothing else. Since the kernel carries the sequence adjustment (seqadj), ftpalg has
+//     nothing to do with a pure ACK; QueuePureACKs restores queueing them. The rules are
+//     written with the expressions nft generates for their text, in nft's order, so that
+//     `nft list table` prints Render's text.
+//
+// The port matches come first, so the router's other traffic pays only the two set lookups.
 //
 // # Queue priority
 //

@@ -31,6 +31,7 @@ const (
 	ChainForward        = "forward"
 	ChainInput          = "input"
 	ChainOutput         = "output"
+	ChainControl        = "control"
 	ChainNATPrerouting  = "nat_prerouting"
 	ChainNATInput       = "nat_input"
 	ChainNATOutput      = "nat_output"
@@ -67,13 +68,35 @@ type Config struct {
 	Queues   uint16   // number of queues (≥1, 0 means 1); >1 balances over Queue..Queue+Queues-1
 	FailOpen bool     // NFQ_FLAG_BYPASS: accept when no program listens on the queue
 	Helper   string   // carrier ct helper object name, default "ftpalg-carrier"
+	// SkipLabel is the conntrack label bit that marks a control connection whose packets are
+	// no longer queued (TLS passthrough, over limits): 0 means DefaultSkipLabel, a negative
+	// value no such rule. The daemon sets the bit with conntrack's SetLabel.
+	SkipLabel int
+	// QueuePureACKs queues pure ACKs too (see doc.go "What is not queued"); by default they
+	// pass without a queue traversal.
+	QueuePureACKs bool
 }
+
+// DefaultSkipLabel is the label bit of Config.SkipLabel: the highest of the kernel's 128
+// (XT_CONNLABEL_MAXBIT), the one least likely to collide with an operator's own labels,
+// which connlabel.conf numbers from 0 up.
+const DefaultSkipLabel = 127
+
+// maxLabel is the highest conntrack label bit (NF_CT_LABELS_MAX_SIZE * 8 - 1).
+const maxLabel = 127
+
+// pureACKDoffs are the TCP header lengths (in 32-bit words) whose pure ACKs are let through
+// without a queue traversal: no options, and the timestamps option that Linux and most stacks
+// send on every segment. A pure ACK with other options (SACK blocks) or an IPv4 header with
+// options is still queued: harmless, only the cost of a traversal.
+var pureACKDoffs = []uint8{5, 8}
 
 // Errors Install returns for a configuration it cannot install.
 var (
 	ErrNoPorts    = errors.New("no control ports")
 	errPortZero   = errors.New("port 0 is not a control port")
 	errQueueRange = errors.New("queue range exceeds 65535")
+	errLabelRange = errors.New("conntrack label bits are 0-127")
 	errBadName    = errors.New("name must be 1-255 characters of letters, digits, '-', '_' or '.'")
 	// ErrNoHelper: the kernel has no "sane" conntrack helper for the carrier.
 	ErrNoHelper = errors.New(`conntrack helper "sane" unavailable (CONFIG_NF_CONNTRACK_SANE, module nf_conntrack_sane)`)
@@ -90,6 +113,9 @@ func (cfg Config) normalized() Config {
 	if cfg.Queues == 0 {
 		cfg.Queues = 1
 	}
+	if cfg.SkipLabel == 0 {
+		cfg.SkipLabel = DefaultSkipLabel
+	}
 	ports := slices.Clone(cfg.Ports)
 	slices.Sort(ports)
 	cfg.Ports = slices.Compact(ports)
@@ -103,6 +129,9 @@ func (cfg Config) validate() error {
 	}
 	if cfg.Ports[0] == 0 {
 		return errPortZero
+	}
+	if cfg.SkipLabel > maxLabel {
+		return fmt.Errorf("label bit %d: %w", cfg.SkipLabel, errLabelRange)
 	}
 	if int(cfg.Queue)+int(cfg.Queues)-1 > 0xffff {
 		return fmt.Errorf("queue %d, %d queues: %w", cfg.Queue, cfg.Queues, errQueueRange)
@@ -167,7 +196,9 @@ func Render(cfg Config) string {
 	w("\t}\n")
 	for _, c := range chains(cfg) {
 		w("\n\tchain %s {\n", c.name)
-		if c.nat {
+		if c.hooknum == nil {
+			// A regular chain: no type line.
+		} else if c.nat {
 			w("\t\ttype nat hook %s priority %s; policy accept;\n", c.hook, renderNATPriority(c.hook, c.priority))
 		} else {
 			w("\t\ttype filter hook %s priority %s; policy accept;\n", c.hook, renderPriority(c.priority))
@@ -220,14 +251,19 @@ func renderPriority(p int32) string {
 type ruleKind int
 
 const (
-	ruleCarrier ruleKind = iota
-	ruleQueueOriginal
-	ruleQueueReply
+	ruleCarrier       ruleKind = iota
+	ruleToControl              // a control-port packet, original direction: goto control
+	ruleToControlRepl          // reply direction
+	ruleSkipLabel              // a connection the daemon marked: return (not queued)
+	rulePureACK4               // an IPv4 pure ACK: return
+	rulePureACK6               // an IPv6 pure ACK: return
+	ruleQueue                  // the queue
 )
 
 type rule struct {
 	kind     ruleKind
-	skipLoIn bool // input chain: skip packets arriving on lo
+	skipLoIn bool  // input chain: skip packets arriving on lo
+	doff     uint8 // rulePureACK4/6: the TCP header length in 32-bit words
 }
 
 func (r rule) text(cfg Config, queue string) string {
@@ -238,10 +274,18 @@ func (r rule) text(cfg Config, queue string) string {
 	switch r.kind {
 	case ruleCarrier:
 		s += fmt.Sprintf("ct state new tcp dport @%s ct helper set %q", SetPorts, cfg.Helper)
-	case ruleQueueOriginal:
-		s += fmt.Sprintf("tcp dport @%s %s", SetPorts, queue)
-	case ruleQueueReply:
-		s += fmt.Sprintf("tcp sport @%s %s", SetPorts, queue)
+	case ruleToControl:
+		s += fmt.Sprintf("tcp dport @%s goto %s", SetPorts, ChainControl)
+	case ruleToControlRepl:
+		s += fmt.Sprintf("tcp sport @%s goto %s", SetPorts, ChainControl)
+	case ruleSkipLabel:
+		s += fmt.Sprintf("ct label %d return", cfg.SkipLabel)
+	case rulePureACK4:
+		s += fmt.Sprintf("tcp flags ! fin,syn,rst ip hdrlength 5 tcp doff %d ip length %d return", r.doff, 20+4*int(r.doff))
+	case rulePureACK6:
+		s += fmt.Sprintf("tcp flags ! fin,syn,rst tcp doff %d ip6 length %d return", r.doff, 4*int(r.doff))
+	case ruleQueue:
+		s += queue
 	}
 	return s
 }
@@ -259,11 +303,29 @@ func chains(cfg Config) []chainSpec {
 	carrier := []rule{{kind: ruleCarrier}}
 	queue := func(skipLo bool) []rule {
 		return []rule{
-			{kind: ruleQueueOriginal, skipLoIn: skipLo},
-			{kind: ruleQueueReply, skipLoIn: skipLo},
+			{kind: ruleToControl, skipLoIn: skipLo},
+			{kind: ruleToControlRepl, skipLoIn: skipLo},
 		}
 	}
+	// The control chain decides, for a packet of a control connection, whether it is
+	// queued. The base chains reach it with goto: its return ends the base chain (policy
+	// accept), so a packet that returns is not queued.
+	var control []rule
+	if cfg.SkipLabel >= 0 {
+		control = append(control, rule{kind: ruleSkipLabel})
+	}
+	if !cfg.QueuePureACKs {
+		for _, d := range pureACKDoffs {
+			control = append(control, rule{kind: rulePureACK4, doff: d})
+		}
+		for _, d := range pureACKDoffs {
+			control = append(control, rule{kind: rulePureACK6, doff: d})
+		}
+	}
+	control = append(control, rule{kind: ruleQueue})
 	return []chainSpec{
+		// First: the base chains' rules jump to it, and it must exist before them in the batch.
+		{name: ChainControl, rules: control},
 		{name: ChainPrerouting, hook: "prerouting", hooknum: nftables.ChainHookPrerouting, rules: carrier},
 		{name: ChainOutputHelper, hook: "output", hooknum: nftables.ChainHookOutput, rules: carrier},
 		{name: ChainForward, hook: "forward", hooknum: nftables.ChainHookForward, priority: QueuePriority, rules: queue(false)},
@@ -318,21 +380,87 @@ func (r rule) exprs(cfg Config, set *nftables.Set) []expr.Any {
 		)
 		e = append(e, tcpPort(tcpDportOffset)...)
 		e = append(e, &expr.Objref{Type: objTypeCtHelper, Name: cfg.Helper})
-	case ruleQueueOriginal, ruleQueueReply:
+	case ruleToControl, ruleToControlRepl:
 		// By port alone, not by conntrack direction: after `conntrack -F` (or a conntrack
 		// table that lost the entry) the kernel picks a live connection up from whichever
 		// packet comes next, and a server's packet then makes the server→client direction the
 		// "original" one. The packets of a connection whose stream ftpalg resized must keep
 		// reaching it whatever conntrack thinks.
 		off := uint32(tcpDportOffset)
-		if r.kind == ruleQueueReply {
+		if r.kind == ruleToControlRepl {
 			off = tcpSportOffset
 		}
 		e = append(e, tcpPort(off)...)
+		e = append(e, &expr.Verdict{Kind: expr.VerdictGoto, Chain: ChainControl})
+	case ruleSkipLabel:
+		mask := make([]byte, labelLen)
+		mask[cfg.SkipLabel/8] = 1 << (cfg.SkipLabel % 8)
+		e = append(e,
+			&expr.Ct{Key: expr.CtKeyLABELS, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: labelLen, Mask: mask, Xor: make([]byte, labelLen)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, labelLen)},
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		)
+	case rulePureACK4, rulePureACK6:
+		// The expressions nft itself generates for the text form, in its order, so that
+		// `nft list` prints Render's text: TCP, no SYN/FIN/RST, then a header of doff words
+		// and a datagram of exactly the headers.
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: tcpFlagsOffset, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFIN | tcpSYN | tcpRST}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
+		)
+		doff := []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: tcpDoffOffset, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0xf0}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{r.doff << 4}},
+		}
+		nfproto := func(p byte) []expr.Any {
+			return []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+			}
+		}
+		length := func(off uint32, n int) []expr.Any {
+			return []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(n))},
+			}
+		}
+		if r.kind == rulePureACK4 {
+			e = append(e, nfproto(unix.NFPROTO_IPV4)...)
+			e = append(e,
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 0, Len: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x0f}, Xor: []byte{0}},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{5}},
+			)
+			e = append(e, doff...)
+			e = append(e, length(ipv4LenOffset, 20+4*int(r.doff))...)
+		} else {
+			e = append(e, doff...)
+			e = append(e, nfproto(unix.NFPROTO_IPV6)...)
+			e = append(e, length(ipv6LenOffset, 4*int(r.doff))...)
+		}
+		e = append(e, &expr.Verdict{Kind: expr.VerdictReturn})
+	case ruleQueue:
 		e = append(e, nfqueueExpr(cfg))
 	}
 	return e
 }
+
+// Header fields of the pure-ACK rules, and the size of the conntrack label area.
+const (
+	tcpFlagsOffset = 13
+	tcpDoffOffset  = 12
+	tcpFIN         = 0x01
+	tcpSYN         = 0x02
+	tcpRST         = 0x04
+	ipv4LenOffset  = 2
+	ipv6LenOffset  = 4
+	labelLen       = 16
+)
 
 // nfqueueExpr is the xtables NFQUEUE target, revision 3.
 func nfqueueExpr(cfg Config) *expr.Target {
@@ -389,14 +517,18 @@ func queueBatch(c *nftables.Conn, cfg Config) error {
 		if cs.nat {
 			typ = nftables.ChainTypeNAT
 		}
-		ch := c.AddChain(&nftables.Chain{
+		chain := &nftables.Chain{
 			Name:     cs.name,
 			Table:    t,
 			Type:     typ,
 			Hooknum:  cs.hooknum,
 			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(cs.priority)),
 			Policy:   &accept,
-		})
+		}
+		if cs.hooknum == nil {
+			chain = &nftables.Chain{Name: cs.name, Table: t}
+		}
+		ch := c.AddChain(chain)
 		for _, r := range cs.rules {
 			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.exprs(cfg, set)})
 		}

@@ -150,7 +150,7 @@ func TestRenderLoads(t *testing.T) {
 			}
 			lines := strings.Split(text, "\n")
 			matches := nftErrPos.FindAllStringSubmatch(err.Error(), -1)
-			queueRules := strings.Count(text, " queue num ")
+			queueRules := len(regexp.MustCompile(`(?m)^\t\t(.* )?queue num `).FindAllString(text, -1))
 			if len(matches) != queueRules {
 				t.Errorf("nft -c -f reported %d errors, want %d (one per queue rule):\n%v", len(matches), queueRules, err)
 			}

@@ -22,6 +22,8 @@ var renderCases = []struct {
 	{name: "default", cfg: Config{Ports: []uint16{21}}},
 	{name: "balance_failopen", cfg: Config{Ports: []uint16{2121, 21, 21}, Queue: 10, Queues: 4, FailOpen: true}},
 	{name: "named", cfg: Config{Table: "ftpalg-test", Helper: "carrier_2", Ports: []uint16{21, 990}, Queue: 65535}},
+	{name: "queue_all", cfg: Config{Ports: []uint16{21}, SkipLabel: -1, QueuePureACKs: true}},
+	{name: "label_64", cfg: Config{Ports: []uint16{21}, SkipLabel: 64}},
 }
 
 func TestRenderGolden(t *testing.T) {
@@ -59,6 +61,7 @@ func TestValidate(t *testing.T) {
 		{name: "table with space", cfg: Config{Table: "a b", Ports: []uint16{21}}, want: errBadName},
 		{name: "helper with quote", cfg: Config{Helper: `x"`, Ports: []uint16{21}}, want: errBadName},
 		{name: "table starts with digit", cfg: Config{Table: "1ftp", Ports: []uint16{21}}, want: errBadName},
+		{name: "label bit 128", cfg: Config{Ports: []uint16{21}, SkipLabel: 128}, want: errLabelRange},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -72,7 +75,7 @@ func TestValidate(t *testing.T) {
 
 func TestNormalized(t *testing.T) {
 	got := Config{Ports: []uint16{990, 21, 990}}.normalized()
-	want := Config{Table: "ftpalg", Helper: "ftpalg-carrier", Ports: []uint16{21, 990}, Queues: 1}
+	want := Config{Table: "ftpalg", Helper: "ftpalg-carrier", Ports: []uint16{21, 990}, Queues: 1, SkipLabel: DefaultSkipLabel}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("normalized() mismatch (-want +got):\n%s", diff)
 	}

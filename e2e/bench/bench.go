@@ -49,7 +49,14 @@ const (
 	Ftpalg       Setup = "ftpalg"
 	KernelHelper Setup = "kernel-helper"
 	Plain        Setup = "plain"
+	// FtpalgB is a second ftpalg setup, for A/B comparisons in one interleaved run: the
+	// binary Options.FtpalgB (Options.Ftpalg when empty) with Options.FtpalgBArgs. It runs only
+	// when listed in Options.Setups.
+	FtpalgB Setup = "ftpalg-b"
 )
+
+// isFtpalg reports whether setup s runs ftpalg on the router.
+func isFtpalg(s Setup) bool { return s == Ftpalg || s == FtpalgB }
 
 // Setups is every setup.
 var Setups = []Setup{Ftpalg, KernelHelper, Plain}
@@ -58,6 +65,11 @@ var Setups = []Setup{Ftpalg, KernelHelper, Plain}
 type Options struct {
 	Ftpalg string // path of the ftpalg binary
 	Peer   string // path of the benchpeer binary
+	// FtpalgArgs are appended to ftpalg's command line in the ftpalg setup; FtpalgB and
+	// FtpalgBArgs are the binary and the arguments of the ftpalg-b setup.
+	FtpalgArgs  []string
+	FtpalgB     string
+	FtpalgBArgs []string
 
 	RTTCount        int           // PASV→227 and PORT→200 round trips on one session, in all
 	RTTRounds       int           // the round trips are split in rounds across the setups
@@ -73,9 +85,9 @@ type Options struct {
 	// address and worker): the router sees many clients, as routers do.
 	ClientAddrs int
 
-	Setups []Setup // nil: all
-	LogDir string  // where ftpalg's logs are kept ("" : a temporary directory, removed)
-	Logf   func(format string, args ...any)
+	Setups []Setup                          // nil: all
+	LogDir string                           // where ftpalg's logs are kept ("" : a temporary directory, removed)
+	Logf   func(format string, args ...any) `json:"-"`
 }
 
 // Full is the configuration of `make bench`.
@@ -465,7 +477,7 @@ func upSetup(ctx context.Context, opt *Options, res *Result) (e *env, err error)
 	if err := l.WaitFTP(ctx, lab.OutsideGo, e.server.Addr(), srv); err != nil {
 		return nil, fmt.Errorf("benchpeer serve: %w (output %q)", err, srvLog.String())
 	}
-	if res.Setup == Ftpalg {
+	if isFtpalg(res.Setup) {
 		if err := e.startFtpalg(ctx); err != nil {
 			return nil, err
 		}
@@ -507,8 +519,17 @@ func (e *env) startFtpalg(ctx context.Context) error {
 		return err
 	}
 	args := append(lab.DefaultFtpalgArgs(), "--metrics-listen", metricsAddr)
+	bin := e.opt.Ftpalg
+	if e.res.Setup == FtpalgB {
+		if e.opt.FtpalgB != "" {
+			bin = e.opt.FtpalgB
+		}
+		args = append(args, e.opt.FtpalgBArgs...)
+	} else {
+		args = append(args, e.opt.FtpalgArgs...)
+	}
 	stderr := &lab.SyncBuffer{}
-	name, argv, err := e.l.FtpalgCommand(e.opt.Ftpalg, args)
+	name, argv, err := e.l.FtpalgCommand(bin, args)
 	if err != nil {
 		f.Close()
 		return err

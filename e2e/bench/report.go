@@ -115,3 +115,24 @@ func failures(x *Result) string {
 	}
 	return fmt.Sprint(x.Failures())
 }
+
+// Summary is one line per setup with the headline figures: the A/B view of runs with the
+// ftpalg-b setup (which the Markdown tables do not show).
+func (r *Report) Summary() string {
+	var b strings.Builder
+	b.WriteString("\n| setup | PASV p50 (µs) | PORT p50 (µs) | PASV p99 (µs) | PORT p99 (µs) | sessions/s pasv c=1,16,256 | sessions/s port c=1,16,256 | failures |\n|---|---:|---:|---:|---:|---|---|---:|\n")
+	for _, x := range r.Results {
+		var pasv, port []string
+		for _, s := range x.Sessions {
+			v := fmt.Sprintf("%.0f", s.PerSec)
+			if s.Mode == "pasv" {
+				pasv = append(pasv, v)
+			} else {
+				port = append(port, v)
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.0f | %s | %s | %d |\n", x.Setup, x.RTT.PASV.P50, x.RTT.PORT.P50,
+			x.RTT.PASV.P99, x.RTT.PORT.P99, strings.Join(pasv, ", "), strings.Join(port, ", "), x.Failures())
+	}
+	return b.String()
+}

@@ -33,6 +33,10 @@ func run() int {
 	jsonOut := flag.String("json", "", "also write the full report as JSON to this file")
 	quiet := flag.Bool("q", false, "no progress lines on stderr")
 	logDir := flag.String("log-dir", "", "keep ftpalg's JSON logs in this directory")
+	ftpalgArgs := flag.String("ftpalg-args", "", "extra ftpalg arguments (space-separated) in the ftpalg setup")
+	ftpalgB := flag.String("ftpalg-b", "", "ftpalg binary of the ftpalg-b setup (A/B runs; default -ftpalg)")
+	ftpalgBArgs := flag.String("ftpalg-b-args", "", "extra ftpalg arguments (space-separated) in the ftpalg-b setup")
+	idle := flag.Int("idle", -1, "idle sessions for the footprint measurement (-1: the mode's default; 0: skip)")
 	flag.Parse()
 
 	if os.Geteuid() != 0 {
@@ -45,6 +49,12 @@ func run() int {
 	}
 	opt.Ftpalg = *ftpalg
 	opt.LogDir = *logDir
+	opt.FtpalgArgs = strings.Fields(*ftpalgArgs)
+	opt.FtpalgB = *ftpalgB
+	opt.FtpalgBArgs = strings.Fields(*ftpalgBArgs)
+	if *idle >= 0 {
+		opt.IdleSessions = *idle
+	}
 	if !*quiet {
 		opt.Logf = func(format string, args ...any) {
 			fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
@@ -74,6 +84,7 @@ func run() int {
 	rep, err := bench.Run(ctx, opt)
 	if rep != nil {
 		fmt.Print(rep.Markdown())
+		fmt.Print(rep.Summary())
 		if *jsonOut != "" {
 			b, _ := json.MarshalIndent(rep, "", "  ")
 			if werr := os.WriteFile(*jsonOut, b, 0o644); werr != nil {
