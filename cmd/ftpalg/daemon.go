@@ -79,7 +79,14 @@ func (d *daemon) Run(ctx context.Context) error {
 	workers := make([]*worker, d.cfg.Queues)
 	fxp := newFXPBook(d.cfg.PinholeTimeout)
 	for i := range workers {
-		workers[i] = newWorker(i, d.cfg, ct, nil, pins, d.log, d.m)
+		// A ctnetlink socket per worker: look-ups, expectations and adjustments of one
+		// queue never wait behind another's (a netlink socket serialises its requests).
+		wct, err := conntrack.Dial()
+		if err != nil {
+			return fmt.Errorf("conntrack for worker %d: %w", i, err)
+		}
+		defer wct.Close()
+		workers[i] = newWorker(i, d.cfg, wct, nil, pins, d.log, d.m)
 		workers[i].fxp = fxp
 	}
 

@@ -36,6 +36,9 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 		}
 		reason := d.Reason.String()
 		w.m.rejections.WithLabelValues(reason).Inc()
+		if d.Reason == alg.ReasonNotFTP {
+			defer w.stopQueueing(s, "not_ftp")
+		}
 		attrs := []slog.Attr{slog.String("cmd", d.Cmd.String()), slog.String("reason", reason)}
 		if d.Endpoint.IsValid() {
 			attrs = append(attrs, slog.String("announced", d.Endpoint.String()))
@@ -58,6 +61,7 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 		}
 	case alg.ActTLS:
 		w.logEvent(evTLS, s.key, slog.String("cmd", d.Cmd.String()))
+		w.stopQueueing(s, "tls")
 	case alg.ActNote:
 		reason := d.Reason.String()
 		w.m.notes.WithLabelValues(reason).Inc()

@@ -185,7 +185,10 @@ func parseRunFlags(args []string, stderr io.Writer) (*config, error) {
 }
 
 func cmdRun(cfg *config, stdout, stderr io.Writer) int {
-	log := newLogger(stdout, cfg.LogFormat)
+	// Log lines leave the packet path through a bounded queue; Close writes what is left
+	// (the shutdown and session_close lines) before the process exits.
+	log, logq := newAsyncLogger(stdout, cfg.LogFormat, DefaultLogQueue)
+	defer logq.Close()
 	// The first SIGINT/SIGTERM starts an orderly shutdown; signal.NotifyContext's stop is called
 	// once it has begun so that a second signal kills the process the default way.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -200,6 +203,9 @@ func cmdRun(cfg *config, stdout, stderr io.Writer) int {
 		return 1
 	}
 	d, err := newDaemon(cfg, log)
+	if err == nil {
+		d.m.reg.MustRegister(logq.Collector())
+	}
 	if err != nil {
 		log.Error("error", "err", err.Error(), "phase", "startup")
 		fmt.Fprintf(stderr, "ftpalg: %v\n", err)

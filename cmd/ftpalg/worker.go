@@ -13,6 +13,7 @@ import (
 	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/conntrack/queue"
+	"github.com/ftpalg/ftpalg/conntrack/rules"
 	"github.com/ftpalg/ftpalg/nat"
 )
 
@@ -24,6 +25,7 @@ type kernel interface {
 	SetSeqAdj(f conntrack.Flow, d conntrack.Dir, a conntrack.SeqAdj, verify bool) error
 	CreateExpect(e conntrack.Expectation) error
 	DeleteExpect(e conntrack.Expectation) error
+	SetLabel(f conntrack.Flow, bit int, on bool) error
 }
 
 // verdicter releases or drops queued packets; *queue.Queue implements it.
@@ -823,6 +825,27 @@ func (w *worker) adoptFlow(s *session, f conntrack.Flow) {
 		// Only ftpalg resizes a control stream: the entry proves the dialogue was FTP.
 		s.eng.Vouch()
 	}
+}
+
+// stopQueueing labels the session's conntrack entry so that ftpalg's queue rules let its
+// packets pass without queueing them (rules.DefaultSkipLabel): it is encrypted (TLS) or not
+// FTP, and nothing in it will ever need ftpalg. A resized session stays queued: should its
+// entry be flushed, ftpalg must see its next packet to carry the adjustment over.
+func (w *worker) stopQueueing(s *session, why string) {
+	if !s.adj[0].IsZero() || !s.adj[1].IsZero() {
+		return
+	}
+	if !s.haveFlow {
+		w.lookupFlow(s)
+		if !s.haveFlow {
+			return
+		}
+	}
+	if err := w.k.SetLabel(s.flow, rules.DefaultSkipLabel, true); err != nil {
+		w.m.kernelErrors.WithLabelValues("set_label").Inc()
+		return
+	}
+	w.m.notes.WithLabelValues("unqueued_" + why).Inc()
 }
 
 // readjust registers the session's adjustment on f, the entry the kernel created for a

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/conntrack/queue"
+	"github.com/ftpalg/ftpalg/conntrack/rules"
 )
 
 // fakeKernel stands in for ctnetlink: it knows one master flow and records expectations.
@@ -28,6 +29,7 @@ type fakeKernel struct {
 	expects  []conntrack.Expectation
 	deleted  []conntrack.Expectation
 	adjs     []adjCall
+	labels   []int                                // SetLabel calls (bits)
 	zoned    map[conntrack.Tuple][]conntrack.Flow // entries of the same endpoints in other zones
 	lookups  int
 	noSeqAdj bool                    // the entry lacks the seqadj extension (no NAT after the helper)
@@ -63,6 +65,13 @@ func (k *fakeKernel) Discover(seen conntrack.Tuple) ([]conntrack.Flow, error) {
 		return nil, conntrack.ErrNotFound
 	}
 	return out, nil
+}
+
+func (k *fakeKernel) SetLabel(f conntrack.Flow, bit int, on bool) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.labels = append(k.labels, bit)
+	return nil
 }
 
 type adjCall struct {
@@ -1064,6 +1073,10 @@ func TestHTTPWithPortLineGetsNothing(t *testing.T) {
 	}
 	if rej := h.events(evRejected); len(rej) != 1 || rej[0]["reason"] != "not_ftp" {
 		t.Errorf("rejected = %v, want exactly one not_ftp", rej)
+	}
+	// Its entry is labelled: the queue rules let its packets pass without ftpalg.
+	if len(h.k.labels) != 1 || h.k.labels[0] != rules.DefaultSkipLabel {
+		t.Errorf("SetLabel calls %v, want one with bit %d", h.k.labels, rules.DefaultSkipLabel)
 	}
 }
 
