@@ -139,7 +139,13 @@ const (
 // (CTA_FILTER, Linux 5.9+). ENOENT when there is none.
 func (c *Conn) findBySources(seen Tuple) ([]ct.Flow, error) {
 	// NLA_U32 attributes not flagged network-order are in host byte order.
-	native := binary.NativeEndian.AppendUint32(nil, filterFlagIPSrc|filterFlagProtoNum|filterFlagProtoSport)
+	flags := uint32(filterFlagIPSrc | filterFlagProtoNum | filterFlagProtoSport)
+	if !seen.Src.Addr().Is4() {
+		// On the kernels measured (6.18) an IPv6 address in the filter matches nothing:
+		// filter on the protocol and ports only; the addresses are compared below.
+		flags = filterFlagProtoNum | filterFlagProtoSport
+	}
+	native := binary.NativeEndian.AppendUint32(nil, flags)
 	attrs := []netfilter.Attribute{
 		tupleAttr(ctaTupleOrig, seen.Src, seen.Dst),
 		tupleAttr(ctaTupleReply, seen.Dst, seen.Src),
