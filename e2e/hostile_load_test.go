@@ -229,7 +229,7 @@ func TestHostileLoad(t *testing.T) {
 				t.Fatalf("spray output %q: %v", res.Stdout, err)
 			}
 			rssFlood, _ := vmRSS(d.Proc.PID())
-			after, err := waitQuiet(l, metricsAddr, 15*time.Second)
+			after, err := waitQuiet(l, metricsAddr, 8*time.Second)
 			if err != nil {
 				stopRSS()
 				t.Fatalf("metrics: %v", err)
@@ -258,20 +258,28 @@ func TestHostileLoad(t *testing.T) {
 				t.Errorf("only %d of %d spoofed packets reached the router: the spray did not load ftpalg", arrived, sr.Sent)
 			}
 			// (a) bounded memory.
-			// DAEMON-BUG: fails for the IPv4 spray on main 56aecf1: the young cap (16,384
+			// DAEMON-BUG: failed for the IPv4 spray on main 56aecf1: the young cap (16,384
 			// sessions per worker) is reached and held, at about 2.4 KiB each (VmRSS +46 to
-			// +56 MiB at peak, +39 MiB once quiet); the /64 spray stays at +7 to +10 MiB
-			// because the per-client limit (256 per /64) stops it first.
+			// +56 MiB at peak, +39 MiB once quiet); the /64 spray stays at +7 to +14 MiB
+			// because the per-client limit (256 per /64) stops it first. (On f16c876 it
+			// passes only because ftpalg gets through a few thousand packets, see (b).)
 			if growth := peak - rss0; growth >= 32<<10 {
 				t.Errorf("ftpalg VmRSS grew by %d KiB (%d -> peak %d) under %d spoofed sessions, want < 32 MiB", growth, rss0, peak, sr.Sent)
 			}
 
 			// (b) the real client right after: PASV and PORT downloads, inspected.
+			// DAEMON-BUG: fails for both sprays on main f16c876 (passed on 56aecf1): a spoofed
+			// ACK's LookupIn misses both Gets and falls back to findBySources, a CTA_FILTER
+			// dump that walks the whole conntrack table (150,000+ entries here; such a dump
+			// takes 20-60 ms, see conntrack's TestLiveFTPHelperFlowsStreams). ftpalg then
+			// verdicts about 50-200 packets a second, its queue stays full (backlog 4096, the
+			// rest accepted uninspected by fail-open), and the real client's control packets
+			// wait behind it: curl times out (exit 28/30), no pinhole, no rewrite.
 			tmark := d.Mark()
 			for _, m := range []lab.Mode{lab.PASV, lab.PORT} {
 				local := t.TempDir() + "/get"
 				start := time.Now()
-				r := l.RunClient(ctxT(t, 30*time.Second), lab.Client, lab.Curl, "", lab.Transfer{Op: lab.Get, Mode: m, Server: vs.URL(""), Local: local, Timeout: 20 * time.Second})
+				r := l.RunClient(ctxT(t, 30*time.Second), lab.Client, lab.Curl, "", lab.Transfer{Op: lab.Get, Mode: m, Server: vs.URL(""), Local: local, Timeout: 10 * time.Second})
 				if r.Err != nil {
 					t.Errorf("real client's curl %s download after the spray: %v\n%s", m, r.Err, tail(r.Stderr, 800))
 					continue
