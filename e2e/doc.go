@@ -79,6 +79,13 @@
 //     every PORT/EPRT is rewritten.
 //   - TestFloods: 10,000 PORT commands a second from one client, 10,000 concurrent sessions.
 //     TestQueueOverflow: a stalled fail-closed ftpalg under 6,000 new sessions.
+//   - TestHostileLoad: 150,000 spoofed one-packet sessions to port 21 (half SYNs, half ACKs
+//     carrying a PORT command) from random addresses of the inside /64, then 150,000 from
+//     random inside IPv4 addresses, as fast as a raw socket sends them (e2e/cmd/spray, in the
+//     client namespace; a table of the test's own in the router counts them and drops what
+//     would go back to the spoofed addresses). Each burst: ftpalg's VmRSS grows by less than
+//     32 MiB, session lines stay rate-limited, the real client's PASV and PORT downloads right
+//     after are inspected (rewrite, pinhole_open), no pinhole for a spoofed source.
 //   - TestQueuesBalanced: --queues 2, sixteen clients: both workers own sessions, each sees
 //     both directions of its own (rewritten PORT downloads intact).
 //   - TestFailover/{ftpalg,kernel-helper,none}: two routers (lab.NewHA: r1, r2 on the same
