@@ -62,8 +62,8 @@ func (c *Conn) Lookup(seen Tuple) (Flow, error) { return c.LookupIn(seen, 0) }
 // LookupIn finds the control connection's conntrack entry in zone from the tuple seen in a
 // client→server packet at the queue point (FORWARD/INPUT/OUTPUT hooks, i.e. after DNAT, before
 // SNAT): try it as the original tuple; if not found, as the reverse of the reply tuple
-// (port-forward DNAT); if still not found, by its original and reply sources (both NATed:
-// hairpin NAT).
+// (port-forward DNAT). Two hash look-ups in the kernel; a connection NATed both ways
+// (hairpin NAT) is found by neither: see Discover.
 func (c *Conn) LookupIn(seen Tuple, zone uint16) (Flow, error) {
 	seen = seen.unmap()
 	if !seen.IsValid() {
@@ -75,21 +75,6 @@ func (c *Conn) LookupIn(seen Tuple, zone uint16) (Flow, error) {
 		// the packet after DNAT, which is the reverse of the reply tuple.
 		f, err = c.ct.Get(ct.Flow{TupleReply: ctTuple(seen.Reverse()), Zone: zone})
 	}
-	if errors.Is(err, unix.ENOENT) {
-		// Both NATed (hairpin NAT: DNAT to an inside server, SNAT back to the router):
-		// neither tuple is known whole at the queue point, but the original source and the
-		// reply source are what the packet shows.
-		var fs []ct.Flow
-		if fs, err = c.findBySources(seen); err == nil {
-			err = unix.ENOENT
-			for i := range fs {
-				if fs[i].Zone == zone {
-					f, err = fs[i], nil
-					break
-				}
-			}
-		}
-	}
 	if err != nil {
 		return Flow{}, kernelErr("lookup", seen.String(), err, errnoFlow)
 	}
@@ -100,11 +85,12 @@ func (c *Conn) LookupIn(seen Tuple, zone uint16) (Flow, error) {
 	return fl, nil
 }
 
-// Discover finds the entries of the connection seen (as LookupIn sees it) in every zone: one
-// dump the kernel filters down to the entries whose original source and reply source are what
-// the packet shows. Several when zones with overlapping address spaces hold the same 4-tuple.
-// It walks the kernel's whole table, so the caller uses it to learn which zone packets of an
-// interface belong to, not per session.
+// Discover finds the entries of the connection seen (as LookupIn sees it) in every zone, also
+// one NATed both ways (hairpin NAT: neither tuple is known whole at the queue point, but the
+// original source and the reply source are what the packet shows): one dump the kernel filters
+// down to those entries. Several when zones with overlapping address spaces hold the same
+// 4-tuple. It walks the kernel's whole table (tens of milliseconds for 100,000s of entries):
+// callers ration it.
 func (c *Conn) Discover(seen Tuple) ([]Flow, error) {
 	seen = seen.unmap()
 	if !seen.IsValid() {

@@ -64,23 +64,27 @@ func TestLookup(t *testing.T) {
 }
 
 // TestLookupHairpin: DNAT and SNAT on one connection (NAT loopback): the queue point sees the
-// client's source and the inside server; Lookup finds the entry by its two sources.
+// client's source and the inside server; Discover finds the entry by its two sources.
 func TestLookupHairpin(t *testing.T) {
 	l := newLab(t)
 	ln := l.listen(netip.AddrPortFrom(lo4, 21))
 	orig, _ := l.connect(ln, netip.AddrPortFrom(lo4, 2123))
 	seen := Tuple{Src: orig.Src, Dst: netip.AddrPortFrom(lo4, 21)}
-	got, err := l.c.Lookup(seen)
-	if err != nil {
-		t.Fatalf("Lookup(%s): %v", seen, err)
+	if _, err := l.c.Lookup(seen); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Lookup(%s) = %v: a hash look-up cannot find a hairpin entry", seen, err)
 	}
+	fs, err := l.c.Discover(seen)
+	if err != nil || len(fs) != 1 {
+		t.Fatalf("Discover(%s) = %+v, %v", seen, fs, err)
+	}
+	got := fs[0]
 	if got.Orig != unmapTuple(orig) || got.Reply.Src != seen.Dst || got.Reply.Dst.Addr() != netip.MustParseAddr("127.0.0.2") {
 		t.Errorf("Lookup(%s) = %+v, want orig %s, reply from %s to 127.0.0.2", seen, got, orig, seen.Dst)
 	}
 	// A connection with the same client port to another server is not it.
 	other := Tuple{Src: orig.Src, Dst: netip.AddrPortFrom(lo4, 22)}
-	if _, err := l.c.Lookup(other); !errors.Is(err, ErrNotFound) {
-		t.Errorf("Lookup(%s) = %v, want ErrNotFound", other, err)
+	if _, err := l.c.Discover(other); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Discover(%s) = %v, want ErrNotFound", other, err)
 	}
 }
 

@@ -46,6 +46,7 @@ const (
 	youngTimeout    = 30 * time.Second       // how long a session may stay young
 	maxOpenLogs     = 200                    // session_open lines a worker may log per second
 	lookupRetry     = time.Second            // a session whose entry was not found looks again after this
+	maxDiscoveries  = 20                     // table-walking look-ups (hairpin, zones) a worker may run per second
 	maxPortTries    = 16                     // other ports tried when an expectation collides
 	maxPinholeBurst = 2000                   // pinholes a session may open back to back
 	maxPinholeRate  = 200                    // then per second
@@ -127,7 +128,7 @@ type session struct {
 	held       [2]*held
 
 	closeLogged bool
-	uncounted   bool   // no longer counted in perClient
+	counted     bool   // counted in perClient
 	pinRate     bucket // pinholes opened
 	rejLog      gate   // rejected events logged per second (all are counted)
 	rewrites    int
@@ -169,12 +170,14 @@ type worker struct {
 	byOrig   map[origKey]*session
 	// zoneOf is the conntrack zone of the connections whose client side is an interface, as
 	// learned from their entries (the queue does not carry the zone).
-	zoneOf    map[uint32]uint16
-	perClient map[netip.Addr]int // by clientKey
-	young     int                // sessions still young
-	youngQ    []*session         // young sessions, oldest first (some grew up or went since)
-	openLog   gate               // session_open lines, maxOpenLogs a second
-	holding   map[*session]struct{}
+	zoneOf      map[uint32]uint16
+	perClient   map[netip.Addr]int // by clientKey
+	young       int                // sessions still young
+	youngQ      []*session         // young sessions, oldest first (some grew up or went since)
+	openLog     gate               // session_open lines, maxOpenLogs a second
+	closeLog    gate               // session_close lines of sessions that never got going, likewise
+	discoveries bucket             // table-walking look-ups (see lookup)
+	holding     map[*session]struct{}
 
 	outDev  uint32     // output interface of the packet being handled (0: local delivery)
 	ifc     uint32     // the client-side interface of the packet being handled
@@ -373,6 +376,9 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 
 	if s.young && dir == alg.FromServer && plen > 0 {
 		w.grownUp(s) // the server speaks: a real connection
+		if s.closedAt.IsZero() {
+			w.countClient(s)
+		}
 	}
 	if s.midStream && plen > 0 && !s.resumed[dir] {
 		// The first bytes of a direction met mid-stream: FTP peers send a command or a
@@ -684,7 +690,10 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		// flood of maxYoung newer SYNs pushes it out.
 		w.evictYoung()
 	}
-	if len(w.sessions) >= maxSessions || (young && w.young >= maxYoung) || w.perClient[clientKey(key.client.Addr())] >= maxPerClient {
+	// Young sessions are capped apart (and make room for each other): they count against
+	// their client only once the server answers, so that a SYN flood from a client's own
+	// /64 cannot lock that client out.
+	if len(w.sessions) >= maxSessions || (young && w.young >= maxYoung) || (!young && w.perClient[clientKey(key.client.Addr())] >= maxPerClient) {
 		w.m.rejections.WithLabelValues("session_limit").Inc()
 		if w.warn.allow(now, maxWarnLogs) {
 			w.logEvent(evRejected, key, slog.String("reason", "session_limit"), slog.Bool("young", young))
@@ -699,7 +708,9 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 	}
 	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now, midStream: !syn, young: young, born: now}
 	w.sessions[key] = s
-	w.perClient[clientKey(key.client.Addr())]++
+	if !young {
+		w.countClient(s)
+	}
 	if young {
 		w.young++
 		w.youngQ = append(w.youngQ, s)
@@ -729,14 +740,18 @@ func clientKey(a netip.Addr) netip.Addr {
 	return p.Addr()
 }
 
-// lookup finds the conntrack entry of the connection key names, in the zone learned for the
-// packet's client-side interface; an interface not seen yet (or an entry not found there) has
-// its zone discovered across zones, and learned when the answer is unique.
+// lookup finds the conntrack entry of the connection key names: by hash look-ups in the zone
+// learned for the packet's client-side interface (zone 0 until one is learned), else by a
+// discovery across zones (a filtered dump: hairpin NAT, a zone not yet learned), which a
+// worker may run at most maxDiscoveries a second so that a flood of stray packets cannot make
+// it walk the kernel's table per packet. A discovery that finds one entry teaches the
+// interface's zone.
 func (w *worker) lookup(key sessKey) (conntrack.Flow, error) {
 	seen := conntrack.Tuple{Src: key.client, Dst: key.server}
-	if _, known := w.zoneOf[w.ifc]; known {
-		f, err := w.k.LookupIn(seen, key.zone)
-		if err == nil || !errors.Is(err, conntrack.ErrNotFound) {
+	zone, known := w.zoneOf[w.ifc]
+	if known || !w.discoveries.take(w.now, maxDiscoveries, maxDiscoveries) {
+		f, err := w.k.LookupIn(seen, zone)
+		if err == nil || !errors.Is(err, conntrack.ErrNotFound) || !w.discoveries.take(w.now, maxDiscoveries, maxDiscoveries) {
 			return f, err
 		}
 	}
@@ -893,6 +908,16 @@ func (w *worker) removeSession(s *session, reason string) {
 
 func (w *worker) logClose(s *session, reason string) {
 	s.closeLogged = true
+	if reason == "evicted" || reason == "unanswered" {
+		// Sessions that never got going (a SYN flood) end by the thousand: rate-limited.
+		if !w.closeLog.allow(w.now, maxOpenLogs) {
+			return
+		}
+		if n := w.closeLog.takeDropped(); n > 0 {
+			w.logEvent(evSessionClose, s.key, slog.String("reason", reason), slog.Int("suppressed", n))
+			return
+		}
+	}
 	w.logEvent(evSessionClose, s.key, slog.String("reason", reason),
 		slog.Int("rewrites", s.rewrites), slog.Int("pinholes", s.pinholes))
 }
@@ -938,11 +963,18 @@ func (w *worker) grownUp(s *session) {
 	}
 }
 
+func (w *worker) countClient(s *session) {
+	if !s.counted {
+		s.counted = true
+		w.perClient[clientKey(s.key.client.Addr())]++
+	}
+}
+
 func (w *worker) uncountClient(s *session) {
-	if s.uncounted {
+	if !s.counted {
 		return
 	}
-	s.uncounted = true
+	s.counted = false
 	c := clientKey(s.key.client.Addr())
 	if w.perClient[c]--; w.perClient[c] <= 0 {
 		delete(w.perClient, c)
