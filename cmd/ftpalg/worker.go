@@ -42,8 +42,8 @@ const (
 	maxIdleChecks   = 256                    // lookups per sweep (every 5 s), bounding the sweep's cost
 	maxSessions     = 1 << 17                // per worker
 	maxPerClient    = 256                    // sessions per client address (IPv6: per /64), per worker
-	maxYoung        = 1 << 14                // sessions opened by a SYN and not yet answered, per worker
-	youngTimeout    = 30 * time.Second       // how long a session may stay young
+	maxShakes       = 1 << 15                // connections seen only in their handshake, per worker
+	shakeTimeout    = 30 * time.Second       // how long a handshake may wait for data
 	maxOpenLogs     = 200                    // session_open lines a worker may log per second
 	lookupRetry     = time.Second            // a session whose entry was not found looks again after this
 	maxDiscoveries  = 20                     // table-walking look-ups (hairpin, zones) a worker may run per second
@@ -119,8 +119,6 @@ type session struct {
 	// lacks the adjustment; ftpalg registers it there from its cache before the next packet
 	// leaves.
 	readjust bool
-	young    bool      // opened by a SYN, no data from the server yet (counted apart, short-lived)
-	born     time.Time // when the session was created
 	// lookupMiss is when the last look-up of the session's entry failed.
 	lookupMiss time.Time
 	lastSeen   time.Time
@@ -170,13 +168,15 @@ type worker struct {
 	byOrig   map[origKey]*session
 	// zoneOf is the conntrack zone of the connections whose client side is an interface, as
 	// learned from their entries (the queue does not carry the zone).
-	zoneOf      map[uint32]uint16
-	perClient   map[netip.Addr]int // by clientKey
-	young       int                // sessions still young
-	youngQ      []*session         // young sessions, oldest first (some grew up or went since)
-	openLog     gate               // session_open lines, maxOpenLogs a second
-	closeLog    gate               // session_close lines of sessions that never got going, likewise
-	discoveries bucket             // table-walking look-ups (see lookup)
+	zoneOf    map[uint32]uint16
+	perClient map[netip.Addr]int // by clientKey
+	// shakes holds the connections seen only in their handshake; shakeQ their keys, oldest
+	// first (some already gone).
+	shakes      map[sessKey]shake
+	shakeQ      []sessKey
+	openLog     gate   // session_open lines, maxOpenLogs a second
+	closeLog    gate   // session_close lines of sessions that never got going, likewise
+	discoveries bucket // table-walking look-ups (see lookup)
 	holding     map[*session]struct{}
 
 	outDev  uint32     // output interface of the packet being handled (0: local delivery)
@@ -217,6 +217,7 @@ func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *
 		sessions:  make(map[sessKey]*session),
 		byOrig:    make(map[origKey]*session),
 		zoneOf:    make(map[uint32]uint16),
+		shakes:    make(map[sessKey]shake),
 		perClient: make(map[netip.Addr]int),
 		holding:   make(map[*session]struct{}),
 		dec:       make([]alg.Decision, 0, 8),
@@ -325,12 +326,30 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 	}
 	if s == nil {
 		if w.pkt.RST() {
+			delete(w.shakes, key)
 			w.accept(p.ID, nil, w.m.pBypass)
 			return
 		}
-		if s = w.newSession(key, now, w.pkt.SYN()); s == nil {
+		hs, inShake := w.shakes[key]
+		if w.pkt.SYN() || (inShake && len(w.pkt.Payload()) == 0) {
+			// A handshake costs a small entry, not a session: the session begins when data
+			// flows (a SYN flood, spoofed or not, leaves only these, capped and short-lived).
+			w.handshake(key, hs, inShake, dir, now)
 			w.accept(p.ID, nil, w.m.pBypass)
 			return
+		}
+		if s = w.newSession(key, now, inShake); s == nil {
+			w.accept(p.ID, nil, w.m.pBypass)
+			return
+		}
+		if inShake {
+			delete(w.shakes, key)
+			if hs.haveC {
+				s.eng.Sync(alg.FromClient, hs.cISN)
+			}
+			if hs.haveS {
+				s.eng.Sync(alg.FromServer, hs.sISN)
+			}
 		}
 	}
 	if w.pkt.RST() {
@@ -374,12 +393,6 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		}
 	}
 
-	if s.young && dir == alg.FromServer && plen > 0 {
-		w.grownUp(s) // the server speaks: a real connection
-		if s.closedAt.IsZero() {
-			w.countClient(s)
-		}
-	}
 	if s.midStream && plen > 0 && !s.resumed[dir] {
 		// The first bytes of a direction met mid-stream: FTP peers send a command or a
 		// reply per segment, so one that starts like a line and ends one is taken as a line
@@ -683,20 +696,10 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		}
 		flow = f
 	}
-	young := syn
-	if young && w.young >= maxYoung {
-		// A SYN flood (spoofed or not) has filled the young sessions: the oldest unanswered
-		// one makes room. A real handshake is answered within a round trip, long before a
-		// flood of maxYoung newer SYNs pushes it out.
-		w.evictYoung()
-	}
-	// Young sessions are capped apart (and make room for each other): they count against
-	// their client only once the server answers, so that a SYN flood from a client's own
-	// /64 cannot lock that client out.
-	if len(w.sessions) >= maxSessions || (young && w.young >= maxYoung) || (!young && w.perClient[clientKey(key.client.Addr())] >= maxPerClient) {
+	if len(w.sessions) >= maxSessions || w.perClient[clientKey(key.client.Addr())] >= maxPerClient {
 		w.m.rejections.WithLabelValues("session_limit").Inc()
 		if w.warn.allow(now, maxWarnLogs) {
-			w.logEvent(evRejected, key, slog.String("reason", "session_limit"), slog.Bool("young", young))
+			w.logEvent(evRejected, key, slog.String("reason", "session_limit"))
 		}
 		return nil
 	}
@@ -706,15 +709,9 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 			return nil
 		}
 	}
-	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now, midStream: !syn, young: young, born: now}
+	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now, midStream: !syn}
 	w.sessions[key] = s
-	if !young {
-		w.countClient(s)
-	}
-	if young {
-		w.young++
-		w.youngQ = append(w.youngQ, s)
-	}
+	w.countClient(s)
 	w.m.sessions.Inc()
 	w.m.sessionsTotal.Inc()
 	if !syn {
@@ -895,7 +892,6 @@ func (w *worker) removeSession(s *session, reason string) {
 		delete(w.byOrig, ok)
 	}
 	w.uncountClient(s)
-	w.grownUp(s)
 	if reason != "shutdown" {
 		// At shutdown the pinholes stay in the kernel: the next run adopts them.
 		w.pins.sessionGone(s.key)
@@ -929,38 +925,68 @@ func closeReason(rst bool) string {
 	return "fin"
 }
 
-// evictYoung forgets the oldest session that is still young.
-func (w *worker) evictYoung() {
-	for i, s := range w.youngQ {
-		if s.young && w.sessions[s.key] == s {
-			w.youngQ[i] = nil
-			w.youngQ = w.youngQ[i+1:]
-			w.m.notes.WithLabelValues("young_evicted").Inc()
-			w.removeSession(s, "evicted")
-			return
-		}
-		w.youngQ[i] = nil
-	}
-	w.youngQ = w.youngQ[:0]
+// shake is a connection seen only in its handshake: the initial sequence numbers the session
+// will need, nothing else.
+type shake struct {
+	cISN, sISN   uint32
+	haveC, haveS bool
+	born         time.Time
 }
 
-// grownUp stops counting s as young: it got past its handshake (or ended).
-func (w *worker) grownUp(s *session) {
-	if s.young {
-		s.young = false
-		w.young--
-		if len(w.youngQ) > 2*maxYoung {
-			// Compact the queue of sessions that grew up or went.
-			q := w.youngQ[:0]
-			for _, x := range w.youngQ {
-				if x.young {
-					q = append(q, x)
-				}
+// handshake records a handshake packet of key's connection. The table is capped: when full,
+// the oldest entry makes room (a real handshake completes, and its data flows, within a round
+// trip, long before maxShakes newer SYNs push it out); entries expire after shakeTimeout.
+func (w *worker) handshake(key sessKey, hs shake, known bool, dir alg.Dir, now time.Time) {
+	if !known {
+		if !w.pkt.SYN() {
+			return
+		}
+		if len(w.shakes) >= maxShakes {
+			w.evictShake()
+		}
+		hs.born = now
+		w.shakeQ = append(w.shakeQ, key)
+	}
+	if w.pkt.SYN() {
+		if dir == alg.FromClient && !w.pkt.ACK() {
+			if hs.haveC && hs.cISN != w.pkt.Seq() {
+				hs = shake{born: now} // a new connection on the tuple
 			}
-			clear(w.youngQ[len(q):])
-			w.youngQ = q
+			hs.cISN, hs.haveC = w.pkt.Seq(), true
+		} else if dir == alg.FromServer {
+			hs.sISN, hs.haveS = w.pkt.Seq(), true
 		}
 	}
+	w.shakes[key] = hs
+}
+
+// evictShake forgets the oldest handshake still in the table.
+func (w *worker) evictShake() {
+	for len(w.shakeQ) > 0 {
+		k := w.shakeQ[0]
+		w.shakeQ = w.shakeQ[1:]
+		if _, ok := w.shakes[k]; ok {
+			delete(w.shakes, k)
+			w.m.notes.WithLabelValues("handshake_evicted").Inc()
+			return
+		}
+	}
+}
+
+// expireShakes forgets handshakes older than shakeTimeout and compacts the queue.
+func (w *worker) expireShakes(now time.Time) {
+	q := w.shakeQ[:0]
+	for _, k := range w.shakeQ {
+		if hs, ok := w.shakes[k]; ok {
+			if now.Sub(hs.born) >= shakeTimeout {
+				delete(w.shakes, k)
+				continue
+			}
+			q = append(q, k)
+		}
+	}
+	clear(w.shakeQ[len(q):])
+	w.shakeQ = q
 }
 
 func (w *worker) countClient(s *session) {
@@ -1013,16 +1039,12 @@ func (w *worker) control(m ctlMsg, now time.Time) {
 // is never forgotten on a timer while conntrack still tracks its connection: a control
 // connection may stay silent for hours while its transfer runs, and its stream may be resized.
 func (w *worker) sweep(now time.Time) {
+	w.expireShakes(now)
 	checks := 0
 	for _, s := range w.sessions {
 		switch {
 		case !s.closedAt.IsZero() && now.Sub(s.closedAt) >= closedLinger:
 			w.removeSession(s, "closed")
-		case s.young && now.Sub(s.born) >= youngTimeout:
-			// A SYN and nothing since that counts (a spoofed SYN, a port scan, a server that
-			// never answered). Forgetting it costs nothing real: should the connection go on,
-			// its next packet rebuilds the session from its conntrack entry.
-			w.removeSession(s, "unanswered")
 		case s.closedAt.IsZero() && now.Sub(s.lastSeen) >= idleCheck && checks < maxIdleChecks:
 			checks++
 			t := conntrack.Tuple{Src: s.key.client, Dst: s.key.server}

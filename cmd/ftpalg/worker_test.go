@@ -877,11 +877,14 @@ func TestNewConnectionOnALingeringTupleGetsAFreshSession(t *testing.T) {
 	h2.w, h2.q, h2.k, h2.logs = h.w, h.q, h.k, h.logs
 	h2.cseq, h2.sseq = 5000, 9000
 	h2.handshake()
-	if s := h.w.sessions[sessKey{client, server, 0}]; s == old || s.nat.Active() {
+	if s := h.w.sessions[sessKey{client, server, 0}]; s == old {
 		t.Fatal("the new connection reuses the closed one's session")
 	}
 	if v := onlyVerdict(t, h2.fromServer("220 ready\r\n")); v.altered != nil {
-		t.Error("the new connection's packets are adjusted with the old one's deltas")
+		t.Error("the new connection's packets are altered with the old one's edits")
+	}
+	if s := h.w.sessions[sessKey{client, server, 0}]; s == nil || s == old || s.nat.Active() {
+		t.Fatal("the new connection has no fresh session")
 	}
 }
 
@@ -962,34 +965,40 @@ func TestBlindRSTDoesNotEndTheSession(t *testing.T) {
 	}
 }
 
-// TestYoungSessionsAreCappedAndShortLived: SYNs that get no answer open sessions counted apart
-// (so that a SYN flood cannot take the places of real sessions) and forgotten after
-// youngTimeout; a session whose server spoke is no longer young.
-func TestYoungSessionsAreCappedAndShortLived(t *testing.T) {
+// TestHandshakesAreCheapCappedAndShortLived: SYNs that get no data cost a handshake entry, not
+// a session; the table is capped (the oldest make room) and forgotten after shakeTimeout; a
+// connection whose data flows becomes a session with its initial sequence numbers.
+func TestHandshakesAreCheapCappedAndShortLived(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake()
+	if len(h.w.sessions) != 0 || len(h.w.shakes) != 1 {
+		t.Fatalf("after a handshake: %d sessions, %d handshakes; want 0 and 1", len(h.w.sessions), len(h.w.shakes))
+	}
 	h.fromServer("220 ready\r\n")
-	for i := 0; i < maxYoung+100; i++ {
-		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), uint16(1024+i/256))
+	if len(h.w.sessions) != 1 || len(h.w.shakes) != 0 {
+		t.Fatalf("after the greeting: %d sessions, %d handshakes; want 1 and 0", len(h.w.sessions), len(h.w.shakes))
+	}
+	if s := h.w.sessions[sessKey{client, server, 0}]; s.midStream {
+		t.Error("a session seen from its handshake counts as met mid-stream")
+	}
+	for i := 0; i < maxShakes+100; i++ {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, byte(i >> 8), byte(i)}), uint16(1024+i%60000))
 		h.send(tcpPacket(t, src, server, uint32(i), 0, true, false, ""))
 	}
-	if h.w.young != maxYoung {
-		t.Errorf("%d young sessions, want the cap %d", h.w.young, maxYoung)
+	if len(h.w.shakes) != maxShakes {
+		t.Errorf("%d handshakes, want the cap %d", len(h.w.shakes), maxShakes)
 	}
-	// The newest SYNs took the places of the oldest: the first 100 are gone.
-	for i := 0; i < maxYoung+100; i += 5000 {
-		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), uint16(1024+i/256))
-		_, ok := h.w.sessions[sessKey{src, server, 0}]
-		if want := i >= 100; ok != want {
-			t.Errorf("young session %d present = %v, want %v", i, ok, want)
-		}
+	if len(h.w.sessions) != 1 {
+		t.Errorf("%d sessions after a SYN flood, want the one real session", len(h.w.sessions))
 	}
-	if _, ok := h.w.sessions[sessKey{client, server, 0}]; !ok {
-		t.Error("the answered session was evicted by the SYN flood")
+	// The newest SYNs took the places of the oldest.
+	first := sessKey{netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 0, 0}), 1024), server, 0}
+	if _, ok := h.w.shakes[first]; ok {
+		t.Error("the oldest handshake was not evicted")
 	}
-	h.w.sweep(h.now.Add(youngTimeout))
-	if len(h.w.sessions) != 1 || h.w.young != 0 {
-		t.Errorf("after youngTimeout: %d sessions, %d young; want only the answered one", len(h.w.sessions), h.w.young)
+	h.w.sweep(h.now.Add(shakeTimeout))
+	if len(h.w.shakes) != 0 || len(h.w.shakeQ) != 0 {
+		t.Errorf("after shakeTimeout: %d handshakes (%d queued), want none", len(h.w.shakes), len(h.w.shakeQ))
 	}
 }
 
