@@ -37,7 +37,7 @@ unit:
 FUZZCLEAN ?= 1
 fuzz-short:
 	@if [ "$(FUZZCLEAN)" = 1 ]; then $(GO) clean -fuzzcache; fi
-	@set -e; for pkg in ./alg ./nat; do \
+	@set -e; for pkg in ./alg ./nat ./conntrack; do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg; \
