@@ -70,10 +70,15 @@
 //   - TestHostile: hostile clients and servers (bounces in PORT/EPRT, mapped and link-local
 //     addresses, wrong families, out-of-range numbers, unsolicited and disguised 227/229,
 //     plaintext after AUTH TLS): no pinhole, a rejected event, the session unharmed.
-//   - TestRestart, TestFailOpenClosed: kill -9 and SIGTERM mid-session after a rewrite (the
-//     next run takes the saved sequence deltas over), fail-open and fail-closed while ftpalg
-//     is down.
-//   - TestFaults: conntrack -F, RST after a rewrite, commands split and dribbled one byte per
+//   - TestRestart, TestFailOpenClosed: kill -9 mid-session after a rewrite, ftpalg kept down
+//     for seconds while the resized session goes on (the kernel carries its sequence
+//     adjustment), then a restart that rebuilds the session from its conntrack entry
+//     (restored, adjusting) with transfers in every mode; SIGTERM (exit 0, table kept), a new
+//     session opened while ftpalg is down, then its PASV and PORT transfers after the
+//     restart; fail-open and fail-closed while ftpalg is down. startFtpalg's cleanup checks
+//     that SIGTERM leaves the table and that `ftpalg cleanup` (twice, exit 0) removes it.
+//   - TestFaults: conntrack -F (a resized session survives: ftpalg carries its adjustment to
+//     the kernel's new entry), RST after a rewrite, commands split and dribbled one byte per
 //     segment, a line that never ends. TestImpairedPath: loss, duplicates and reordering on
 //     both endpoints (e2e/cmd/impair, an NFQUEUE program: the kernel has no netem) while
 //     every PORT/EPRT is rewritten.
@@ -98,7 +103,7 @@
 //     pinhole opened on r1 and used on r2, then a failback to r1. Asserts what r2 committed
 //     (helper, seqadj, expectations). The kernel helper's resized sessions die (nf_nat_ftp's
 //     adjustment raises no event, so it is never replicated); "none" must fail. conntrackd
-//     1.4.7 commits a replicated pinhole without its NAT (logged; the pending step fails).
+//     1.4.7 commits a replicated pinhole without its NAT; ftpalg on r2 recreates it with NAT.
 //
 // The tests need root (they skip otherwise, saying why) and vsftpd, curl, lftp, nft, ip,
 // conntrackd (.ci/deps installs them; under CI=true a missing tool fails the test). TestMain
