@@ -1217,3 +1217,26 @@ func TestZonesWithTheSameEndpoints(t *testing.T) {
 		t.Errorf("%d sessions, want one per tenant", len(h.w.sessions))
 	}
 }
+
+// TestPinholeKeyCollisionReleasesTheOtherSession: a pinhole of session B lands on the same
+// (source, destination) as one of session A that the kernel already let go (used or expired,
+// its event not yet here): A's entry is replaced, and A hears that its pinhole is gone, so its
+// pending count does not leak.
+func TestPinholeKeyCollisionReleasesTheOtherSession(t *testing.T) {
+	h := newHarness(t, nil)
+	a := sessKey{client, server, 0}
+	b := sessKey{netip.MustParseAddrPort("192.0.2.11:40000"), server, 0}
+	e := conntrack.Expectation{Master: snatFlow.Orig, Src: server.Addr(), Dst: netip.MustParseAddrPort("198.51.100.1:5000")}
+	h.pins.open(h.w, a, e, "PORT", false)
+	eb := e
+	eb.Master.Src = b.client
+	h.pins.open(h.w, b, eb, "PORT", false)
+	select {
+	case m := <-h.w.ctl:
+		if m.kind != ctlRelease || m.key != a {
+			t.Errorf("control message %+v, want a release for session A", m)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("session A was not told its pinhole is gone")
+	}
+}
