@@ -39,6 +39,12 @@ func (l *Lab) Ruleset() string {
 	w("\tchain srcnat {")
 	w("\t\ttype nat hook postrouting priority srcnat; policy accept;")
 	w("\t\tip saddr %s oifname != \"lan\" masquerade", x.Inside)
+	if l.cfg.Hairpin {
+		// NAT loopback: a port-forwarded connection from the inside back to the inside
+		// leaves from the router's LAN address, or the server would answer the client
+		// directly and the client would drop replies from an address it never dialled.
+		w("\t\toifname \"lan\" ip saddr %s ip daddr %s ct status dnat masquerade", x.Inside, x.Inside)
+	}
 	w("\t}")
 	w("\tchain forward {")
 	w("\t\ttype filter hook forward priority filter; policy drop;")

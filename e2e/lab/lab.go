@@ -133,6 +133,10 @@ type Config struct {
 	// KernelHelper attaches the kernel's FTP helper (nft ct helper type "ftp") to port 21 in
 	// the router's table: the reference the ftpalg runs are compared with.
 	KernelHelper bool
+	// Hairpin adds NAT loopback: an inside host that connects to the router's public address
+	// (port-forwarded to an inside server) is masqueraded to the router's inside address, so
+	// that the server's replies come back through the router (see Ruleset).
+	Hairpin bool
 	// Logf receives progress lines (nil: none).
 	Logf func(format string, args ...any)
 }

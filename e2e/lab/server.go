@@ -100,6 +100,12 @@ func makeRoot(dir string) (string, error) {
 type VsftpdOptions struct {
 	// PasvAddress is vsftpd's pasv_address (the address it announces in 227), if set.
 	PasvAddress netip.Addr
+	// PortPromiscuous (port_promiscuous) lets a PORT/EPRT name any address, not only the
+	// control connection's peer: the server that connects out in an FXP transfer.
+	PortPromiscuous bool
+	// PasvPromiscuous (pasv_promiscuous) accepts a passive data connection from any address,
+	// not only the control connection's peer: the server that listens in an FXP transfer.
+	PasvPromiscuous bool
 }
 
 // StartVsftpd runs vsftpd in the foreground in a role's namespace, listening on addr:21, with
@@ -147,6 +153,12 @@ func (l *Lab) StartVsftpd(ctx context.Context, r Role, addr netip.Addr, dir stri
 	}
 	if opt.PasvAddress.IsValid() {
 		conf = append(conf, "pasv_address="+opt.PasvAddress.String())
+	}
+	if opt.PortPromiscuous {
+		conf = append(conf, "port_promiscuous=YES")
+	}
+	if opt.PasvPromiscuous {
+		conf = append(conf, "pasv_promiscuous=YES")
 	}
 	cf := filepath.Join(dir, "vsftpd.conf")
 	if err := os.WriteFile(cf, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
