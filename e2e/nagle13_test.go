@@ -1,0 +1,157 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftpalg/ftpalg/e2e/lab"
+)
+
+// nagleDelay is the delay impair adds to every TCP packet the client sends.
+const nagleDelay = 50 * time.Millisecond
+
+// delayedACK is Linux's shortest delayed ACK (TCP_DELACK_MIN): the server acknowledges a
+// segment that holds only `PORT ` this late, with or without anything on the path.
+const delayedACK = 40 * time.Millisecond
+
+// TestNagle: a client with Nagle on (TCP_NODELAY off) writes `PORT ` and, 1 ms later, the
+// argument and CRLF, over a path where each packet the client sends waits 50 ms
+// (e2e/cmd/impair in the client's namespace: the kernel has no netem), through the SNAT
+// router. Nagle keeps the second write back until `PORT ` is acknowledged, so a router that
+// holds `PORT ` (waiting for the rest of the line) stalls the command until the client's
+// tail-loss probe. With ftpalg the PORT must be rewritten (a rewrite event, vsftpd answers
+// 200), the download must work, and the PORT's round trip (first write to the 200) may cost
+// about one round trip more than a NOOP's plus the server's delayed ACK of `PORT `: it must
+// stay under 2.5 NOOP round trips + 40 ms + 30 ms, which a release driven by the client's
+// tail-loss probe (about 2 RTT + 200 ms later) cannot. The kernel helper drops
+// `PORT ` (recorded); without an ALG the unrewritten PORT is refused (must fail).
+func TestNagle(t *testing.T) {
+	t.Parallel()
+	requireLab(t)
+	impairOnce.Do(func() { impairBin, impairErr = goBuild("impair", "./e2e/cmd/impair") })
+	if impairErr != nil {
+		t.Fatalf("build impair: %v", impairErr)
+	}
+	runSetups(t, "Nagle", func(t *testing.T, s setup13, res *results) {
+		l := newLab(t, lab.Config{Addrs: lab.Grow(), KernelHelper: s.helper})
+		x := l.Addrs
+		var d *lab.Daemon
+		if s.ftpalg {
+			d = startFtpalg(t, l, nil)
+		}
+		srv, err := l.StartVsftpd(ctxT(t, 20*time.Second), lab.OutsideServer, x.OutsideServer, t.TempDir(), lab.VsftpdOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		delayClient(t, l, lab.Client, nagleDelay)
+
+		const row = "port-split-nagle-50ms/port"
+		f, err := dialFTP(l, lab.Client, netip.AddrPort{}, netip.AddrPortFrom(srv.Addr, 21), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.close()
+		if err := f.login(); err != nil {
+			t.Fatal(err)
+		}
+		// The round trip of a one-segment command.
+		var noops []time.Duration
+		for range 3 {
+			start := time.Now()
+			if _, err := f.cmd("NOOP", 200); err != nil {
+				t.Fatal(err)
+			}
+			noops = append(noops, time.Since(start))
+		}
+		noop := slices.Min(noops)
+		if noop < nagleDelay {
+			t.Fatalf("NOOP round trip %v is shorter than the added delay %v: impair is not delaying", noop, nagleDelay)
+		}
+
+		ln := listenIn(t, l, lab.Client, netip.AddrPortFrom(x.Client, 0))
+		lp := netip.MustParseAddrPort(ln.Addr().String())
+		mark := 0
+		if d != nil {
+			mark = d.Mark()
+		}
+		start := time.Now()
+		err = func() error {
+			if err := f.send("PORT "); err != nil {
+				return err
+			}
+			time.Sleep(time.Millisecond)
+			if err := f.send(portArg(lp) + "\r\n"); err != nil {
+				return err
+			}
+			_, err := f.expect("PORT", 200, 5*time.Second)
+			return err
+		}()
+		portRTT := time.Since(start)
+		// One round trip more than a NOOP, plus the server's delayed ACK of the lone `PORT `
+		// (40 ms at least; no ALG pays it too), plus half a round trip and 30 ms of slack.
+		bound := noop + noop*3/2 + delayedACK + 30*time.Millisecond
+		t.Logf("%s: NOOP round trips %v; PORT (split, Nagle on) %v: %v; bound %v", s.name, noops, portRTT.Round(time.Millisecond), err, bound.Round(time.Millisecond))
+		if err == nil {
+			err = f.retrActive(ln, srv.SHA)
+		}
+		if err == nil && d != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if _, werr := d.WaitFor(ctx, mark, 1, "rewrite", func(ev lab.Event) bool { return ev.Str("cmd") == "PORT" }); werr != nil {
+				err = fmt.Errorf("no rewrite event: %w", werr)
+			}
+		}
+		slow := err == nil && portRTT > bound
+		cell := outcome(err)
+		if err == nil {
+			cell = fmt.Sprintf("ok: PORT %v, NOOP %v", portRTT.Round(time.Millisecond), noop.Round(time.Millisecond))
+			if slow {
+				cell = fmt.Sprintf("SLOW: PORT %v > %v (NOOP %v)", portRTT.Round(time.Millisecond), bound.Round(time.Millisecond), noop.Round(time.Millisecond))
+			}
+		}
+		res.set(row, s, cell)
+		if d != nil {
+			t.Logf("ftpalg events:\n%s", eventLines(lab.Filter(d.Since(mark), "", func(ev lab.Event) bool {
+				return !strings.HasPrefix(ev.Name(), "session_")
+			})))
+		}
+		switch {
+		case s.ftpalg && err != nil:
+			t.Errorf("%v", err)
+		case s.ftpalg && slow:
+			t.Errorf("the split PORT took %v, over %v (NOOP %v + 1.5 x NOOP + 40 ms delayed ACK + 30 ms): the verb was held", portRTT, bound, noop)
+		case !s.ftpalg && !s.helper && err == nil:
+			t.Errorf("succeeded without an ALG: the case proves nothing")
+		}
+	})
+}
+
+// delayClient delays every TCP packet a role sends by delay: impair in the role's namespace,
+// fed by an iptables rule, stopped at cleanup.
+func delayClient(t *testing.T, l *lab.Lab, r lab.Role, delay time.Duration) {
+	t.Helper()
+	out, errOut := &lab.SyncBuffer{}, &lab.SyncBuffer{}
+	const num = "73"
+	p, err := l.Start(r, out, errOut, impairBin, "-queue", num, "-loss", "0", "-dup", "0",
+		"-reorder", "1", "-delay", delay.String(), "-jitter", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Stop(15, 5*time.Second) })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "ready") {
+		if time.Now().After(deadline) {
+			t.Fatalf("impair in %s not ready: %s %s", r, out, errOut)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if b, err := l.Exec(ctxT(t, 10*time.Second), r, "iptables", "-t", "mangle", "-A", "OUTPUT", "-p", "tcp",
+		"-m", "mark", "!", "--mark", "0x1d", "-j", "NFQUEUE", "--queue-num", num); err != nil {
+		t.Fatalf("queue rule in %s: %v: %s", r, err, b)
+	}
+}
