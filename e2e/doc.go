@@ -104,6 +104,18 @@
 //     (helper, seqadj, expectations). The kernel helper's resized sessions die (nf_nat_ftp's
 //     adjustment raises no event, so it is never replicated); "none" must fail. conntrackd
 //     1.4.7 commits a replicated pinhole without its NAT; ftpalg on r2 recreates it with NAT.
+//   - Issue 13, each run with ftpalg, the kernel helper and no ALG side by side, logging a
+//     results table (case × setup): TestHairpin: NAT loopback (lab.Config.Hairpin: the inside
+//     client dials the public address, port-forwarded to isrv and masqueraded back), PASV with
+//     the client using the control address (Go client as ftplib, curl --ftp-skip-pasv-ip),
+//     EPSV, PORT, EPRT downloads. TestFXP: server-to-server (PASV/EPSV and STOR on one outside
+//     vsftpd, PORT/EPRT naming its endpoint and RETR on another: fxp logged, nothing opened,
+//     rewritten or refused) and a PORT to an unannounced third party (still a bounce).
+//     TestZones: lab.NewZones, two tenants with the same 192.0.2.0/24 and client on router
+//     links in conntrack zones 7 and 2 (ct zone set at raw, SNAT to a public address each):
+//     PASV and PORT per zone, and both tenants at once on the same 4-tuple, also as the first
+//     connections ftpalg sees. TestNagle: a Nagle client splitting `PORT ` from its argument
+//     over a 50 ms path (impair): rewritten, costing no more than the same split of MODE S.
 //
 // The tests need root (they skip otherwise, saying why) and vsftpd, curl, lftp, nft, ip,
 // conntrackd (.ci/deps installs them; under CI=true a missing tool fails the test). TestMain
