@@ -145,9 +145,15 @@ func hairpinEvents(d *lab.Daemon, mark int, c hairpinCase) error {
 	return errors.Join(errs...)
 }
 
-// lastCurlError returns curl's error line (or the end of its output).
+// lastCurlError returns the server's last refusal curl logged, else curl's error line (or
+// the end of its output).
 func lastCurlError(stderr []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(stderr)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "< 4") || strings.HasPrefix(lines[i], "< 5") {
+			return "server: " + strings.TrimSpace(lines[i][2:])
+		}
+	}
 	for i := len(lines) - 1; i >= 0; i-- {
 		if strings.HasPrefix(lines[i], "curl:") {
 			return lines[i]
