@@ -141,7 +141,7 @@ func TestBenchHandleOpensPinholes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			bw := newBenchWorker(t)
 			tt.run(bw)
-			s := bw.w.sessions[sessKey{client, server, 0}]
+			s := bw.w.sessions[sessKey{client, server, 0, 0}]
 			if s == nil {
 				t.Fatal("no session")
 			}

@@ -64,6 +64,10 @@ var errJoinTooLarge = errors.New("join held segment: larger than the egress MTU"
 type sessKey struct {
 	client, server netip.AddrPort
 	zone           uint16
+	// ifc is the client-side interface while its zone is not known yet: two connections with
+	// the same endpoints on two interfaces (tenants in two zones) must not share a session
+	// before ftpalg learns their zones. 0 once the zone is known.
+	ifc uint32
 }
 
 // origKey identifies a conntrack entry: its original tuple in its zone.
@@ -310,13 +314,18 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 	switch {
 	case w.isPort(dst.Port()):
 		w.ifc = p.InDev
-		dir, key = alg.FromClient, sessKey{src, dst, w.zoneOf[p.InDev]}
+		dir, key = alg.FromClient, sessKey{client: src, server: dst}
 	case w.isPort(src.Port()):
 		w.ifc = p.OutDev
-		dir, key = alg.FromServer, sessKey{dst, src, w.zoneOf[p.OutDev]}
+		dir, key = alg.FromServer, sessKey{client: dst, server: src}
 	default:
 		w.accept(p.ID, nil, w.m.pBypass)
 		return
+	}
+	if z, known := w.zoneOf[w.ifc]; known {
+		key.zone = z
+	} else {
+		key.ifc = w.ifc
 	}
 	s := w.sessions[key]
 	if s != nil && !s.closedAt.IsZero() && w.pkt.SYN() && !w.pkt.ACK() && dir == alg.FromClient {
@@ -704,7 +713,9 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		return nil
 	}
 	if !syn {
-		key.zone = flow.Zone
+		if _, known := w.zoneOf[key.ifc]; key.ifc != 0 && known {
+			key.zone, key.ifc = flow.Zone, 0
+		}
 		if w.sessions[key] != nil {
 			return nil
 		}
@@ -802,11 +813,11 @@ func (w *worker) lookupFlow(s *session) {
 // adoptFlow records the session's conntrack entry and what it says of the session's past.
 func (w *worker) adoptFlow(s *session, f conntrack.Flow) {
 	s.flow, s.haveFlow = f, true
-	if f.Zone != s.key.zone && w.sessions[s.key] == s {
+	if _, known := w.zoneOf[s.key.ifc]; s.key.ifc != 0 && known && w.sessions[s.key] == s {
 		// The session was keyed before its zone was known (the first connection of its
 		// interface): key it by its zone from now on, as the interface's packets will be.
 		nk := s.key
-		nk.zone = f.Zone
+		nk.zone, nk.ifc = f.Zone, 0
 		if w.sessions[nk] == nil {
 			delete(w.sessions, s.key)
 			s.key = nk

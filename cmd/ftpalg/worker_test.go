@@ -260,10 +260,16 @@ func newHarness(t *testing.T, cfg *config) *harness {
 func (h *harness) send(b []byte) []verdict {
 	h.id++
 	in, out := h.inDev, h.dev
-	if h.tenant != 0 && len(b) > 21 && b[21] == 21 { // from the server (sport 21): leaving to the tenant
+	fromServer := len(b) > 21 && b[20] == 0 && b[21] == 21 // sport 21
+	switch {
+	case h.tenant != 0 && fromServer: // leaving to the tenant
 		in, out = 0, h.tenant
-	} else if h.tenant != 0 {
+	case h.tenant != 0:
 		in = h.tenant
+	case h.dev != 0 && fromServer: // forwarded back out of the client's side (interface 8)
+		in, out = h.dev, 8
+	case h.dev != 0:
+		in = 8
 	}
 	h.w.handle(queue.Packet{ID: h.id, Payload: b, InDev: in, OutDev: out}, h.now)
 	return h.q.take()
@@ -491,7 +497,7 @@ func TestPinholeExpiresAtTimeout(t *testing.T) {
 	h.fromClient("PORT 192,0,2,10,4,1\r\n")
 	select {
 	case m := <-h.w.ctl:
-		if m.kind != ctlRelease || m.key != (sessKey{client, server, 0}) {
+		if m.kind != ctlRelease || m.key != (sessKey{client, server, 0, 0}) {
 			t.Errorf("control message = %+v, want a release for the session", m)
 		}
 	case <-time.After(5 * time.Second):
@@ -610,7 +616,7 @@ func TestIdleSessionIsKeptWhileTracked(t *testing.T) {
 		}
 	}
 	// Its retransmission is still re-altered: nothing of it was dropped.
-	if s := h.w.sessions[sessKey{client, server, 0}]; !s.nat.Active() || !s.adjProven {
+	if s := h.w.sessions[sessKey{client, server, 0, 0}]; !s.nat.Active() || !s.adjProven {
 		t.Error("the idle session lost its rewriting state")
 	}
 	delete(h.k.flows, conntrack.Tuple{Src: client, Dst: server})
@@ -811,7 +817,7 @@ func TestPinholeRateIsLimitedPerSession(t *testing.T) {
 	h.fromServer("220 ready\r\n")
 	for i := 0; i < maxPinholeBurst+50; i++ {
 		h.fromClient("PORT 192,0,2,10,4,1\r\n")
-		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server, 0}}, h.now) // as when used
+		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server, 0, 0}}, h.now) // as when used
 	}
 	if got := testutilCount(t, h.w.m.pinholesOpened); got != maxPinholeBurst {
 		t.Errorf("%v pinholes opened back to back, want the burst %d", got, maxPinholeBurst)
@@ -824,7 +830,7 @@ func TestPinholeRateIsLimitedPerSession(t *testing.T) {
 	before := testutilCount(t, h.w.m.pinholesOpened)
 	for i := 0; i < maxPinholeRate+10; i++ {
 		h.fromClient("PORT 192,0,2,10,4,1\r\n")
-		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server, 0}}, h.now)
+		h.w.control(ctlMsg{kind: ctlRelease, key: sessKey{client, server, 0, 0}}, h.now)
 	}
 	if got := testutilCount(t, h.w.m.pinholesOpened) - before; got != maxPinholeRate {
 		t.Errorf("%v pinholes in the next second, want %d", got, maxPinholeRate)
@@ -865,7 +871,7 @@ func TestNewConnectionOnALingeringTupleGetsAFreshSession(t *testing.T) {
 	h.fromClient("PORT 192,0,2,10,4,1\r\n") // the old connection's stream is resized
 	h.send(tcpPacket(t, client, server, h.cseq, h.sseq, false, true, ""))
 	h.send(tcpPacket(t, server, client, h.sseq, h.cseq+1, false, true, ""))
-	old := h.w.sessions[sessKey{client, server, 0}]
+	old := h.w.sessions[sessKey{client, server, 0, 0}]
 	if old == nil || old.closedAt.IsZero() {
 		t.Fatal("the first connection is not closed")
 	}
@@ -877,13 +883,13 @@ func TestNewConnectionOnALingeringTupleGetsAFreshSession(t *testing.T) {
 	h2.w, h2.q, h2.k, h2.logs = h.w, h.q, h.k, h.logs
 	h2.cseq, h2.sseq = 5000, 9000
 	h2.handshake()
-	if s := h.w.sessions[sessKey{client, server, 0}]; s == old {
+	if s := h.w.sessions[sessKey{client, server, 0, 0}]; s == old {
 		t.Fatal("the new connection reuses the closed one's session")
 	}
 	if v := onlyVerdict(t, h2.fromServer("220 ready\r\n")); v.altered != nil {
 		t.Error("the new connection's packets are altered with the old one's edits")
 	}
-	if s := h.w.sessions[sessKey{client, server, 0}]; s == nil || s == old || s.nat.Active() {
+	if s := h.w.sessions[sessKey{client, server, 0, 0}]; s == nil || s == old || s.nat.Active() {
 		t.Fatal("the new connection has no fresh session")
 	}
 }
@@ -955,7 +961,7 @@ func TestBlindRSTDoesNotEndTheSession(t *testing.T) {
 		return buf.Bytes()
 	}
 	h.send(rst(h.sseq + 1000))
-	s := h.w.sessions[sessKey{client, server, 0}]
+	s := h.w.sessions[sessKey{client, server, 0, 0}]
 	if s == nil || s.eng.Closed() || !s.closedAt.IsZero() {
 		t.Fatal("a blind RST ended the session")
 	}
@@ -978,7 +984,7 @@ func TestHandshakesAreCheapCappedAndShortLived(t *testing.T) {
 	if len(h.w.sessions) != 1 || len(h.w.shakes) != 0 {
 		t.Fatalf("after the greeting: %d sessions, %d handshakes; want 1 and 0", len(h.w.sessions), len(h.w.shakes))
 	}
-	if s := h.w.sessions[sessKey{client, server, 0}]; s.midStream {
+	if s := h.w.sessions[sessKey{client, server, 0, 0}]; s.midStream {
 		t.Error("a session seen from its handshake counts as met mid-stream")
 	}
 	for i := 0; i < maxShakes+100; i++ {
@@ -992,7 +998,7 @@ func TestHandshakesAreCheapCappedAndShortLived(t *testing.T) {
 		t.Errorf("%d sessions after a SYN flood, want the one real session", len(h.w.sessions))
 	}
 	// The newest SYNs took the places of the oldest.
-	first := sessKey{netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 0, 0}), 1024), server, 0}
+	first := sessKey{netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 0, 0}), 1024), server, 0, 0}
 	if _, ok := h.w.shakes[first]; ok {
 		t.Error("the oldest handshake was not evicted")
 	}
@@ -1126,7 +1132,7 @@ func TestRefusedPortClosesThePinhole(t *testing.T) {
 	if ev := h.events(evPinholeClosed); len(ev) != 1 || ev[0]["reason"] != "refused" {
 		t.Errorf("pinhole_closed = %v, want reason refused", ev)
 	}
-	if got := h.w.sessions[sessKey{client, server, 0}].eng.Pending(); got != 0 {
+	if got := h.w.sessions[sessKey{client, server, 0, 0}].eng.Pending(); got != 0 {
 		t.Errorf("%d pinholes still pending in the engine", got)
 	}
 }
@@ -1224,8 +1230,8 @@ func TestZonesWithTheSameEndpoints(t *testing.T) {
 // pending count does not leak.
 func TestPinholeKeyCollisionReleasesTheOtherSession(t *testing.T) {
 	h := newHarness(t, nil)
-	a := sessKey{client, server, 0}
-	b := sessKey{netip.MustParseAddrPort("192.0.2.11:40000"), server, 0}
+	a := sessKey{client, server, 0, 0}
+	b := sessKey{netip.MustParseAddrPort("192.0.2.11:40000"), server, 0, 0}
 	e := conntrack.Expectation{Master: snatFlow.Orig, Src: server.Addr(), Dst: netip.MustParseAddrPort("198.51.100.1:5000")}
 	h.pins.open(h.w, a, e, "PORT", false)
 	eb := e
@@ -1238,5 +1244,39 @@ func TestPinholeKeyCollisionReleasesTheOtherSession(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("session A was not told its pinhole is gone")
+	}
+}
+
+// TestZonesFirstContactSameEndpoints: two tenants' first connections, with the same
+// endpoints, on two interfaces whose zones ftpalg has not learned, at the same time: each has
+// a session of its own (keyed by interface until the zone is known), and since nothing tells
+// which zone's entry is whose, each PORT is refused and neutralised: no private address leaks.
+func TestZonesFirstContactSameEndpoints(t *testing.T) {
+	z1 := snatFlow
+	z1.Zone = 1
+	z2 := snatFlow
+	z2.Zone, z2.Reply.Dst = 2, netip.MustParseAddrPort("203.0.113.1:40000")
+	h := newHarness(t, nil)
+	delete(h.k.flows, conntrack.Tuple{Src: client, Dst: server})
+	h.k.zoned = map[conntrack.Tuple][]conntrack.Flow{{Src: client, Dst: server}: {z1, z2}}
+	hb := newHarness(t, nil)
+	hb.w, hb.q, hb.k, hb.logs = h.w, h.q, h.k, h.logs
+	h.tenant, hb.tenant = 3, 4
+	hb.cseq, hb.sseq = 7000, 8000
+	h.handshake()
+	hb.handshake()
+	h.fromServer("220 A\r\n")
+	hb.fromServer("220 B\r\n")
+	if len(h.w.sessions) != 2 {
+		t.Fatalf("%d sessions, want one per tenant", len(h.w.sessions))
+	}
+	for i, x := range []*harness{h, hb} {
+		v := onlyVerdict(t, x.fromClient("PORT 192,0,2,10,4,1\r\n"))
+		if _, tcp := decoded(t, v.altered); !strings.HasPrefix(string(tcp.Payload), "XXXX") {
+			t.Errorf("tenant %d's PORT released as %q, want it neutralised", i, tcp.Payload)
+		}
+	}
+	if len(h.k.expects) != 0 {
+		t.Errorf("pinholes opened while the zones were ambiguous: %+v", h.k.expects)
 	}
 }
