@@ -235,18 +235,28 @@ func startupChecks(cfg *config) error {
 	return nil
 }
 
-func cmdPinholes(stdout, stderr io.Writer) int {
+// listPinholes opens ctnetlink and lists the pinholes (expectations on carrier masters); the
+// caller closes c.
+func listPinholes() (*conntrack.Conn, []conntrack.Expectation, error) {
 	c, err := conntrack.Dial()
+	if err != nil {
+		return nil, nil, err
+	}
+	exps, err := c.ListExpect()
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, exps, nil
+}
+
+func cmdPinholes(stdout, stderr io.Writer) int {
+	c, exps, err := listPinholes()
 	if err != nil {
 		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
 		return 1
 	}
 	defer c.Close()
-	exps, err := c.ListExpect()
-	if err != nil {
-		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
-		return 1
-	}
 	if len(exps) == 0 {
 		fmt.Fprintln(stdout, "no pinholes")
 		return 0
@@ -274,17 +284,12 @@ func cmdCleanup(stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "removed table inet %s (if present)\n", cfg.rules().Table)
-	c, err := conntrack.Dial()
+	c, exps, err := listPinholes()
 	if err != nil {
 		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
 		return 1
 	}
 	defer c.Close()
-	exps, err := c.ListExpect()
-	if err != nil {
-		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
-		return 1
-	}
 	n := 0
 	for _, e := range exps {
 		switch err := c.DeleteExpect(e); {

@@ -1280,3 +1280,25 @@ func TestZonesFirstContactSameEndpoints(t *testing.T) {
 		t.Errorf("pinholes opened while the zones were ambiguous: %+v", h.k.expects)
 	}
 }
+
+// TestCommandLine: the subcommands' argument handling (what needs no kernel).
+func TestCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"cleanup", "now"}, 2, "cleanup takes no arguments"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"help"}, 0, "cleanup"},
+		{[]string{"version"}, 0, "ftpalg "},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := realMain(tc.args, &stdout, &stderr); code != tc.code {
+			t.Errorf("%v: exit %d, want %d (%s%s)", tc.args, code, tc.code, &stdout, &stderr)
+		}
+		if !strings.Contains(stdout.String()+stderr.String(), tc.out) {
+			t.Errorf("%v: output %q lacks %q", tc.args, stdout.String()+stderr.String(), tc.out)
+		}
+	}
+}
