@@ -35,26 +35,26 @@ type verdicter interface {
 }
 
 const (
-	holdTimeout     = 250 * time.Millisecond // how long a segment ending mid-command waits for the next
-	maxHoldTotal    = time.Second            // how long a command dribbled over many segments is held
-	closedLinger    = 10 * time.Second       // a closed session keeps re-altering late retransmissions
-	idleCheck       = 10 * time.Minute       // a session silent this long is looked up in conntrack
-	maxIdleChecks   = 256                    // lookups per sweep (every 5 s), bounding the sweep's cost
-	maxSessions     = 1 << 17                // per worker
-	maxPerClient    = 256                    // sessions per client address (IPv6: per /64), per worker
-	maxShakes       = 1 << 15                // connections seen only in their handshake, per worker
-	shakeTimeout    = 30 * time.Second       // how long a handshake may wait for data
-	maxOpenLogs     = 200                    // session_open lines a worker may log per second
-	lookupRetry     = time.Second            // a session whose entry was not found looks again after this
-	maxDiscoveries  = 20                     // table-walking look-ups (hairpin, zones) a worker may run per second
-	maxPortTries    = 16                     // other ports tried when an expectation collides
-	maxPinholeBurst = 2000                   // pinholes a session may open back to back
-	maxPinholeRate  = 200                    // then per second
-	maxRejectLogs   = 10                     // rejected lines a session may log per second
-	maxWarnLogs     = 10                     // warnings and notes a worker may log per second
-	maxPacket       = 65535
-	defaultMaxLen   = 1500
-	mtuCacheRefresh = time.Minute
+	holdTimeout       = 250 * time.Millisecond // how long a segment ending mid-command waits for the next
+	maxHoldTotal      = time.Second            // how long a command dribbled over many segments is held
+	closedLinger      = 10 * time.Second       // a closed session keeps re-altering late retransmissions
+	idleCheck         = 10 * time.Minute       // a session silent this long is looked up in conntrack
+	maxIdleChecks     = 256                    // lookups per sweep (every 5 s), bounding the sweep's cost
+	maxSessions       = 1 << 17                // per worker
+	maxPerClient      = 256                    // sessions per client address (IPv6: per /64), per worker
+	maxShakes         = 1 << 15                // connections seen only in their handshake, per worker
+	shakeTimeout      = 30 * time.Second       // how long a handshake may wait for data
+	maxOpenLogs       = 200                    // session_open lines a worker may log per second
+	lookupRetry       = time.Second            // a session whose entry was not found looks again after this
+	maxDiscoveryShare = 0.02                   // share of a worker's time table-walking look-ups may take
+	maxPortTries      = 16                     // other ports tried when an expectation collides
+	maxPinholeBurst   = 2000                   // pinholes a session may open back to back
+	maxPinholeRate    = 200                    // then per second
+	maxRejectLogs     = 10                     // rejected lines a session may log per second
+	maxWarnLogs       = 10                     // warnings and notes a worker may log per second
+	maxPacket         = 65535
+	defaultMaxLen     = 1500
+	mtuCacheRefresh   = time.Minute
 )
 
 var errJoinTooLarge = errors.New("join held segment: larger than the egress MTU")
@@ -176,12 +176,12 @@ type worker struct {
 	perClient map[netip.Addr]int // by clientKey
 	// shakes holds the connections seen only in their handshake; shakeQ their keys, oldest
 	// first (some already gone).
-	shakes      map[sessKey]shake
-	shakeQ      []sessKey
-	openLog     gate   // session_open lines, maxOpenLogs a second
-	closeLog    gate   // session_close lines of sessions that never got going, likewise
-	discoveries bucket // table-walking look-ups (see lookup)
-	holding     map[*session]struct{}
+	shakes    map[sessKey]shake
+	shakeQ    []sessKey
+	openLog   gate   // session_open lines, maxOpenLogs a second
+	closeLog  gate   // session_close lines of sessions that never got going, likewise
+	discovery budget // table-walking look-ups (see lookup)
+	holding   map[*session]struct{}
 
 	outDev  uint32     // output interface of the packet being handled (0: local delivery)
 	ifc     uint32     // the client-side interface of the packet being handled
@@ -749,20 +749,27 @@ func clientKey(a netip.Addr) netip.Addr {
 }
 
 // lookup finds the conntrack entry of the connection key names: by hash look-ups in the zone
-// learned for the packet's client-side interface (zone 0 until one is learned), else by a
-// discovery across zones (a filtered dump: hairpin NAT, a zone not yet learned), which a
-// worker may run at most maxDiscoveries a second so that a flood of stray packets cannot make
-// it walk the kernel's table per packet. A discovery that finds one entry teaches the
-// interface's zone.
+// learned for the packet's client-side interface (zone 0 until one is learned; an entry found
+// there teaches it), else by a discovery across zones (a filtered dump: hairpin NAT, a zone not
+// yet learned). A dump walks the kernel's whole conntrack table, every namespace's entries
+// included (tens of milliseconds under a flood), so discoveries share a time budget:
+// maxDiscoveryShare of the worker's time, measured, so that stray packets cannot make the
+// worker walk the table per packet.
 func (w *worker) lookup(key sessKey) (conntrack.Flow, error) {
 	seen := conntrack.Tuple{Src: key.client, Dst: key.server}
 	zone, known := w.zoneOf[w.ifc]
-	if known || !w.discoveries.take(w.now, maxDiscoveries, maxDiscoveries) {
-		f, err := w.k.LookupIn(seen, zone)
-		if err == nil || !errors.Is(err, conntrack.ErrNotFound) || !w.discoveries.take(w.now, maxDiscoveries, maxDiscoveries) {
-			return f, err
+	f, err := w.k.LookupIn(seen, zone)
+	if err == nil {
+		if !known && !w.zoneClaimed(0, w.ifc) {
+			w.zoneOf[w.ifc] = 0
 		}
+		return f, nil
 	}
+	if !errors.Is(err, conntrack.ErrNotFound) || !w.discovery.allow(w.now) {
+		return f, err
+	}
+	start := time.Now()
+	defer func() { w.discovery.charge(time.Since(start)) }()
 	fs, err := w.k.Discover(seen)
 	if len(fs) > 1 {
 		// Zones another interface's connections are known to be in are not this one's.
@@ -1146,3 +1153,25 @@ func verbOnly(p []byte, sawSpace bool) (ok, space bool) {
 	}
 	return true, space
 }
+
+// budget is a time budget: it refills at maxDiscoveryShare of the wall clock, up to 100 ms, and
+// allows work while it is positive; the work's measured duration is charged afterwards.
+type budget struct {
+	left time.Duration
+	at   time.Time
+}
+
+const maxDiscoveryBurst = 100 * time.Millisecond
+
+func (b *budget) allow(now time.Time) bool {
+	if b.at.IsZero() {
+		b.left, b.at = maxDiscoveryBurst, now
+	}
+	if d := now.Sub(b.at); d > 0 {
+		b.left = min(b.left+time.Duration(float64(d)*maxDiscoveryShare), maxDiscoveryBurst)
+		b.at = now
+	}
+	return b.left > 0
+}
+
+func (b *budget) charge(d time.Duration) { b.left -= d }
