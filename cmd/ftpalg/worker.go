@@ -710,6 +710,19 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		if w.warn.allow(now, maxWarnLogs) {
 			w.logEvent(evRejected, key, slog.String("reason", "session_limit"))
 		}
+		// The connection passes uninspected for its whole life: label its entry so that
+		// its packets stop being queued (one look-up now instead of a queue traversal per
+		// packet). Its conntrack entry exists: the handshake or an earlier packet made it.
+		if syn {
+			if f, err := w.k.LookupIn(conntrack.Tuple{Src: key.client, Dst: key.server}, key.zone); err == nil {
+				flow = f
+			}
+		}
+		if flow.Orig.IsValid() {
+			if err := w.k.SetLabel(flow, rules.DefaultSkipLabel, true); err == nil {
+				w.m.notes.WithLabelValues("unqueued_session_limit").Inc()
+			}
+		}
 		return nil
 	}
 	if !syn {

@@ -24,20 +24,20 @@ import (
 
 // fakeKernel stands in for ctnetlink: it knows one master flow and records expectations.
 type fakeKernel struct {
-	mu       sync.Mutex
-	flows    map[conntrack.Tuple]conntrack.Flow
-	expects  []conntrack.Expectation
-	deleted  []conntrack.Expectation
-	adjs     []adjCall
+	mu      sync.Mutex
+	flows   map[conntrack.Tuple]conntrack.Flow
+	expects []conntrack.Expectation
+	deleted []conntrack.Expectation
+	adjs    []adjCall
 	// discoverDelay is how long a discovery (a table walk in the kernel) takes.
 	discoverDelay time.Duration
 	discoveries   int
-	labels   []int                                // SetLabel calls (bits)
-	zoned    map[conntrack.Tuple][]conntrack.Flow // entries of the same endpoints in other zones
-	lookups  int
-	noSeqAdj bool                    // the entry lacks the seqadj extension (no NAT after the helper)
-	busyPort map[netip.AddrPort]bool // expectation destinations that collide
-	refuse   int                     // CreateExpect calls still to refuse (no carrier helper)
+	labels        []int                                // SetLabel calls (bits)
+	zoned         map[conntrack.Tuple][]conntrack.Flow // entries of the same endpoints in other zones
+	lookups       int
+	noSeqAdj      bool                    // the entry lacks the seqadj extension (no NAT after the helper)
+	busyPort      map[netip.AddrPort]bool // expectation destinations that collide
+	refuse        int                     // CreateExpect calls still to refuse (no carrier helper)
 }
 
 func (k *fakeKernel) LookupIn(seen conntrack.Tuple, zone uint16) (conntrack.Flow, error) {
@@ -1323,5 +1323,20 @@ func TestDiscoveriesAreRationed(t *testing.T) {
 	}
 	if len(h.w.sessions) != 0 {
 		t.Errorf("stray packets made %d sessions", len(h.w.sessions))
+	}
+}
+
+// TestSessionsOverTheLimitAreUnqueued: a client over its session limit gets no session, and
+// its connection's entry is labelled so that its packets stop being queued.
+func TestSessionsOverTheLimitAreUnqueued(t *testing.T) {
+	h := newHarness(t, nil)
+	h.w.perClient[clientKey(client.Addr())] = maxPerClient
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	if len(h.w.sessions) != 0 {
+		t.Fatalf("a session over the client's limit")
+	}
+	if len(h.k.labels) != 1 || h.k.labels[0] != rules.DefaultSkipLabel {
+		t.Errorf("SetLabel calls %v, want one with bit %d", h.k.labels, rules.DefaultSkipLabel)
 	}
 }
