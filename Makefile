@@ -65,7 +65,7 @@ bench-short: build
 
 # The Go micro-benchmarks of the packet path.
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem ./alg ./nat ./cmd/ftpalg
+	$(GO) test -run '^$$' -bench . -benchmem ./alg ./nat ./gateway
 
 clean:
 	rm -rf bin

@@ -603,7 +603,7 @@ type dashboard struct {
 var metricRef = regexp.MustCompile(`\bftpalg_[a-z0-9_]+`)
 
 // TestGrafanaDashboard checks the dashboard is valid JSON with well-formed panels, shows the
-// metrics operators need, and names only metrics the daemon registers (cmd/ftpalg/metrics.go).
+// metrics operators need, and names only metrics the daemon registers (gateway/metrics.go).
 func TestGrafanaDashboard(t *testing.T) {
 	b, err := os.ReadFile("grafana/ftpalg.json")
 	if err != nil {
@@ -656,7 +656,7 @@ func TestGrafanaDashboard(t *testing.T) {
 			}
 		}
 		if !registered[base] {
-			t.Errorf("dashboard uses %s, which cmd/ftpalg does not register", m)
+			t.Errorf("dashboard uses %s, which the daemon (gateway) does not register", m)
 		}
 	}
 	for _, m := range []string{
@@ -670,10 +670,10 @@ func TestGrafanaDashboard(t *testing.T) {
 	}
 }
 
-// daemonMetrics returns the metric names declared as string constants in cmd/ftpalg/metrics.go.
+// daemonMetrics returns the metric names declared as string constants in gateway/metrics.go.
 func daemonMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), "../cmd/ftpalg/metrics.go", nil, 0)
+	f, err := parser.ParseFile(token.NewFileSet(), "../gateway/metrics.go", nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -687,7 +687,7 @@ func daemonMetrics(t *testing.T) map[string]bool {
 		return true
 	})
 	if len(names) == 0 {
-		t.Fatal("no ftpalg_ metric names found in cmd/ftpalg/metrics.go")
+		t.Fatal("no ftpalg_ metric names found in gateway/metrics.go")
 	}
 	return names
 }

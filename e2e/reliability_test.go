@@ -630,7 +630,7 @@ func TestFaults(t *testing.T) {
 	})
 	t.Run("port-dribbled-slower-than-hold", func(t *testing.T) {
 		// 40 ms per byte: the line takes ~1 s, longer than ftpalg's hold (250 ms from the
-		// first held byte, cmd/ftpalg/worker.go holdTimeout). The held bytes are then released
+		// first held byte, gateway/worker.go holdTimeout). The held bytes are then released
 		// as they are and the completed PORT cannot be rewritten: ftpalg must say so
 		// (rejected "unrewritable"), open no pinhole, and leave the session working.
 		c := openCtl(t, l, lab.Client, x.Client, vs, vs.Addr)

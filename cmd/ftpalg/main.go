@@ -24,6 +24,7 @@ import (
 
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/conntrack/rules"
+	"github.com/ftpalg/ftpalg/gateway"
 )
 
 // version is set by the linker (-X main.version=...).
@@ -62,7 +63,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 2
 		}
-		fmt.Fprint(stdout, rules.Render(cfg.rules()))
+		fmt.Fprint(stdout, rules.Render(cfg.Rules()))
 		return 0
 	case "pinholes":
 		return cmdPinholes(stdout, stderr)
@@ -81,29 +82,6 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	default:
 		fmt.Fprintf(stderr, "ftpalg: unknown command %q\n\n%s", args[0], usage)
 		return 2
-	}
-}
-
-// config is the daemon's configuration, from the command line.
-type config struct {
-	Ports          []uint16
-	Queue          uint16
-	Queues         uint16
-	PinholeTimeout time.Duration
-	LogFormat      string
-	MetricsListen  string
-	FailOpen       bool
-	AllowLowPorts  bool
-	Loose          bool
-}
-
-func (c *config) rules() rules.Config {
-	return rules.Config{
-		Table:    "ftpalg",
-		Ports:    c.Ports,
-		Queue:    c.Queue,
-		Queues:   c.Queues,
-		FailOpen: c.FailOpen,
 	}
 }
 
@@ -136,8 +114,8 @@ func (p *portList) Set(v string) error {
 	return nil
 }
 
-func parseRunFlags(args []string, stderr io.Writer) (*config, error) {
-	cfg := &config{}
+func parseRunFlags(args []string, stderr io.Writer) (*gateway.Config, error) {
+	cfg := &gateway.Config{}
 	ports := portList{21}
 	fs := flag.NewFlagSet("ftpalg run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -179,15 +157,16 @@ func parseRunFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, err
 	}
 	cfg.Ports = ports
+	cfg.Version = version
 	cfg.Queue = uint16(*queue)
 	cfg.Queues = uint16(*queues)
 	return cfg, nil
 }
 
-func cmdRun(cfg *config, stdout, stderr io.Writer) int {
+func cmdRun(cfg *gateway.Config, stdout, stderr io.Writer) int {
 	// Log lines leave the packet path through a bounded queue; Close writes what is left
 	// (the shutdown and session_close lines) before the process exits.
-	log, logq := newAsyncLogger(stdout, cfg.LogFormat, DefaultLogQueue)
+	log, logq := gateway.NewAsyncLogger(stdout, cfg.LogFormat, gateway.DefaultLogQueue)
 	defer logq.Close()
 	// The first SIGINT/SIGTERM starts an orderly shutdown; signal.NotifyContext's stop is called
 	// once it has begun so that a second signal kills the process the default way.
@@ -202,9 +181,9 @@ func cmdRun(cfg *config, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
 		return 1
 	}
-	d, err := newDaemon(cfg, log)
+	d, err := gateway.New(cfg, log)
 	if err == nil {
-		d.m.reg.MustRegister(logq.Collector())
+		d.Register(logq.Collector())
 	}
 	if err != nil {
 		log.Error("error", "err", err.Error(), "phase", "startup")
@@ -221,7 +200,7 @@ func cmdRun(cfg *config, stdout, stderr io.Writer) int {
 
 // startupChecks fails fast with one clear message for each condition under which ftpalg cannot
 // work (DESIGN.md: privileges, user namespace, kernel features, a kernel ftp helper in the way).
-func startupChecks(cfg *config) error {
+func startupChecks(cfg *gateway.Config) error {
 	for _, check := range []func() error{
 		conntrack.CheckPrivileges,
 		conntrack.CheckUserNS,
@@ -278,12 +257,12 @@ func cmdPinholes(stdout, stderr io.Writer) int {
 // and removing them would break the sessions ftpalg resized. Removing what is already gone is
 // not an error, so a second cleanup also exits 0.
 func cmdCleanup(stdout, stderr io.Writer) int {
-	cfg := &config{}
-	if err := rules.Remove(cfg.rules()); err != nil {
+	cfg := &gateway.Config{}
+	if err := rules.Remove(cfg.Rules()); err != nil {
 		fmt.Fprintf(stderr, "ftpalg: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "removed table inet %s (if present)\n", cfg.rules().Table)
+	fmt.Fprintf(stdout, "removed table inet %s (if present)\n", cfg.Rules().Table)
 	c, exps, err := listPinholes()
 	if err != nil {
 		fmt.Fprintf(stderr, "ftpalg: %v\n", err)

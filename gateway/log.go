@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -34,7 +34,7 @@ const (
 // formats and writes. The message is the event name, emitted under the key "event" instead
 // of "msg". Tests use it to read the lines right after the call; the daemon uses
 // newAsyncLogger.
-func newLogger(w io.Writer, format string) *slog.Logger {
+func NewLogger(w io.Writer, format string) *slog.Logger {
 	return slog.New(newHandler(&lockedWriter{w: w}, format))
 }
 
@@ -64,14 +64,14 @@ const mLogDropped = "ftpalg_log_dropped_total"
 // newAsyncLogger returns a logger whose calls never block on w: a record is queued (up to
 // size, DefaultLogQueue when ≤ 0) and one writer goroutine formats and writes it, in the
 // order the records were logged. When the queue is full the record is dropped and counted
-// (logQueue.Dropped): the packet path must never wait for stdout (a pipe to a slow journal,
-// a terminal). The line format is newLogger's. logQueue.Close drains the queue at shutdown;
+// (LogQueue.Dropped): the packet path must never wait for stdout (a pipe to a slow journal,
+// a terminal). The line format is NewLogger's. LogQueue.Close drains the queue at shutdown;
 // records logged after Close are written synchronously.
-func newAsyncLogger(w io.Writer, format string, size int) (*slog.Logger, *logQueue) {
+func NewAsyncLogger(w io.Writer, format string, size int) (*slog.Logger, *LogQueue) {
 	if size <= 0 {
 		size = DefaultLogQueue
 	}
-	q := &logQueue{ch: make(chan queuedRecord, size), done: make(chan struct{})}
+	q := &LogQueue{ch: make(chan queuedRecord, size), done: make(chan struct{})}
 	go q.write()
 	return slog.New(&asyncHandler{inner: newHandler(&lockedWriter{w: w}, format), q: q}), q
 }
@@ -82,8 +82,8 @@ type queuedRecord struct {
 	r slog.Record
 }
 
-// logQueue is the bounded queue between the loggers and the writer goroutine.
-type logQueue struct {
+// LogQueue is the bounded queue between the loggers and the writer goroutine.
+type LogQueue struct {
 	ch      chan queuedRecord
 	done    chan struct{} // closed when the writer has written everything
 	dropped atomic.Uint64
@@ -92,7 +92,7 @@ type logQueue struct {
 	closed bool
 }
 
-func (q *logQueue) write() {
+func (q *LogQueue) write() {
 	defer close(q.done)
 	for qr := range q.ch {
 		qr.h.Handle(context.Background(), qr.r) // a failed write has nowhere to be reported
@@ -100,12 +100,12 @@ func (q *logQueue) write() {
 }
 
 // Dropped returns how many records were dropped because the queue was full.
-func (q *logQueue) Dropped() uint64 { return q.dropped.Load() }
+func (q *LogQueue) Dropped() uint64 { return q.dropped.Load() }
 
 // Close writes the records still queued and stops the writer; it returns once they are
 // written (the last lines, shutdown and session_close, are not lost). Later records are
 // written synchronously by the caller. Close may be called more than once.
-func (q *logQueue) Close() {
+func (q *LogQueue) Close() {
 	q.mu.Lock()
 	if !q.closed {
 		q.closed = true
@@ -116,7 +116,7 @@ func (q *logQueue) Close() {
 }
 
 // Collector returns the counter of dropped records, mLogDropped, for the daemon's registry.
-func (q *logQueue) Collector() prometheus.Collector {
+func (q *LogQueue) Collector() prometheus.Collector {
 	return prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: mLogDropped,
 		Help: "Log records dropped because the log writer fell behind (queue full).",
@@ -126,7 +126,7 @@ func (q *logQueue) Collector() prometheus.Collector {
 // asyncHandler queues records for the writer goroutine.
 type asyncHandler struct {
 	inner slog.Handler
-	q     *logQueue
+	q     *LogQueue
 }
 
 func (h *asyncHandler) Enabled(ctx context.Context, l slog.Level) bool {

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -25,10 +25,10 @@ type benchWorker struct {
 }
 
 func newBenchWorker(tb testing.TB) *benchWorker {
-	cfg := &config{Ports: []uint16{21}, Queues: 1, PinholeTimeout: 30 * time.Second}
+	cfg := &Config{Ports: []uint16{21}, Queues: 1, PinholeTimeout: 30 * time.Second}
 	k := &fakeKernel{flows: map[conntrack.Tuple]conntrack.Flow{{Src: client, Dst: server}: snatFlow}}
-	log := newLogger(io.Discard, "json")
-	m := newMetrics()
+	log := NewLogger(io.Discard, "json")
+	m := newMetrics("test")
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel)
 	w := newWorker(0, cfg, k, nopQueue{}, newPinholes(ctx, k, log, m, cfg.PinholeTimeout), log, m)

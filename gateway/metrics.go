@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"strconv"
@@ -61,7 +61,7 @@ type metrics struct {
 	pAccept, pModified, pDrop, pHold, pBypass prometheus.Counter
 }
 
-func newMetrics() *metrics {
+func newMetrics(version string) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bi := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: mBuildInfo, Help: "Build information."}, []string{"version"})

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -19,18 +20,27 @@ import (
 	"github.com/ftpalg/ftpalg/conntrack/rules"
 )
 
-type daemon struct {
-	cfg     *config
+// Daemon is ftpalg's packet path: the queues, one worker per queue, the pinholes, the
+// conntrack events, metrics and health. New makes one; Run serves until its context ends.
+type Daemon struct {
+	cfg     *Config
 	log     *slog.Logger
 	m       *metrics
 	healthy atomic.Bool
 }
 
-func newDaemon(cfg *config, log *slog.Logger) (*daemon, error) {
-	d := &daemon{cfg: cfg, log: log, m: newMetrics()}
+// New returns a daemon for cfg that logs to log (one event per line).
+func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	d := &Daemon{cfg: cfg, log: log, m: newMetrics(cfg.Version)}
 	d.m.reg.MustRegister(newQueueCollector(cfg.Queue, cfg.Queues))
 	return d, nil
 }
+
+// Register adds a collector to the daemon's metrics (cmd/ftpalg registers the log queue's).
+func (d *Daemon) Register(c prometheus.Collector) { d.m.reg.MustRegister(c) }
 
 // Run installs the ruleset, serves the queues until ctx ends, then shuts down in order: let the
 // workers give a verdict to every packet they hold, close the queues, close the conntrack
@@ -38,8 +48,8 @@ func newDaemon(cfg *config, log *slog.Logger) (*daemon, error) {
 // still gets its carrier helper, and with --fail-open=false its packets wait in the kernel
 // instead of passing uninspected. The sessions' sequence adjustments and the pinholes stay in
 // the kernel too; the next run finds them there. `ftpalg cleanup` removes everything.
-func (d *daemon) Run(ctx context.Context) error {
-	rcfg := d.cfg.rules()
+func (d *Daemon) Run(ctx context.Context) error {
+	rcfg := d.cfg.Rules()
 	ct, err := conntrack.Dial()
 	if err != nil {
 		return fmt.Errorf("conntrack: %w", err)
@@ -141,7 +151,7 @@ func (d *daemon) Run(ctx context.Context) error {
 
 	d.healthy.Store(true)
 	d.log.Info(evReady, "ports", d.cfg.Ports, "queue", d.cfg.Queue, "queues", d.cfg.Queues,
-		"fail_open", d.cfg.FailOpen, "pinhole_timeout", d.cfg.PinholeTimeout.String(), "version", version)
+		"fail_open", d.cfg.FailOpen, "pinhole_timeout", d.cfg.PinholeTimeout.String(), "version", d.cfg.Version)
 
 	var runErr error
 	select {
@@ -175,7 +185,7 @@ func (d *daemon) Run(ctx context.Context) error {
 // reply and the bind fails. It is then retried on a fresh socket (the packets meanwhile are
 // let through or held back as --fail-open says). EPERM (another program holds the queue) is
 // final.
-func (d *daemon) bindQueue(ctx context.Context, num uint16, w *worker) (*queue.Queue, <-chan error, error) {
+func (d *Daemon) bindQueue(ctx context.Context, num uint16, w *worker) (*queue.Queue, <-chan error, error) {
 	const attempts = 5
 	var err error
 	for i := 1; i <= attempts; i++ {
@@ -211,7 +221,7 @@ func (d *daemon) bindQueue(ctx context.Context, num uint16, w *worker) (*queue.Q
 	return nil, nil, fmt.Errorf("queue %d: %w", num, err)
 }
 
-func (d *daemon) metricsServer() *http.Server {
+func (d *Daemon) metricsServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -226,7 +236,7 @@ func (d *daemon) metricsServer() *http.Server {
 
 // onEvent routes conntrack events: a new connection with a master used a pinhole; a destroyed
 // control connection ends its session in whichever worker owns it.
-func (d *daemon) onEvent(ctx context.Context, ev conntrack.Event, pins *pinholes, workers []*worker) {
+func (d *Daemon) onEvent(ctx context.Context, ev conntrack.Event, pins *pinholes, workers []*worker) {
 	switch ev.Kind {
 	case conntrack.FlowNew:
 		if ev.Flow.Master != nil {
@@ -248,7 +258,7 @@ func (d *daemon) onEvent(ctx context.Context, ev conntrack.Event, pins *pinholes
 }
 
 // isControl reports whether f may be a control connection (cheap filter before fan-out).
-func (d *daemon) isControl(f conntrack.Flow) bool {
+func (d *Daemon) isControl(f conntrack.Flow) bool {
 	for _, p := range d.cfg.Ports {
 		if f.Orig.Dst.Port() == p || f.Reply.Src.Port() == p {
 			return true

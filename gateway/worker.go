@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -155,7 +155,7 @@ type ctlMsg struct {
 // so nothing there takes a lock.
 type worker struct {
 	id    int
-	cfg   *config
+	cfg   *Config
 	ports []uint16
 	eng   alg.Config
 	k     kernel
@@ -203,7 +203,7 @@ type worker struct {
 	warn      gate // per-packet warnings and notes, maxWarnLogs a second
 }
 
-func newWorker(id int, cfg *config, k kernel, q verdicter, pins *pinholes, log *slog.Logger, m *metrics) *worker {
+func newWorker(id int, cfg *Config, k kernel, q verdicter, pins *pinholes, log *slog.Logger, m *metrics) *worker {
 	return &worker{
 		id:    id,
 		cfg:   cfg,

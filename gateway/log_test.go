@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"bytes"
@@ -64,9 +64,9 @@ func TestAsyncFormat(t *testing.T) {
 	for _, format := range []string{"json", "text"} {
 		t.Run(format, func(t *testing.T) {
 			var want bytes.Buffer
-			logSome(newLogger(&want, format))
+			logSome(NewLogger(&want, format))
 			var got syncBuffer
-			log, q := newAsyncLogger(&got, format, 0)
+			log, q := NewAsyncLogger(&got, format, 0)
 			logSome(log)
 			q.Close()
 			norm := func(s string) string { return timeField.ReplaceAllString(s, "TIME") }
@@ -85,7 +85,7 @@ func TestAsyncFormat(t *testing.T) {
 func TestAsyncOrder(t *testing.T) {
 	var out syncBuffer
 	const n = 3000
-	log, q := newAsyncLogger(&out, "json", n)
+	log, q := NewAsyncLogger(&out, "json", n)
 	for i := range n {
 		log.Info(evNote, "i", i)
 	}
@@ -109,7 +109,7 @@ func TestAsyncOrder(t *testing.T) {
 func TestAsyncDropsWhenBlocked(t *testing.T) {
 	w := &blockingWriter{started: make(chan struct{}, 1), release: make(chan struct{})}
 	const size = 8
-	log, q := newAsyncLogger(w, "json", size)
+	log, q := NewAsyncLogger(w, "json", size)
 	log.Info(evNote, "i", 0)
 	<-w.started // the writer holds record 0 and is blocked in Write
 	const extra = 20
@@ -141,7 +141,7 @@ func TestAsyncDropsWhenBlocked(t *testing.T) {
 // fine.
 func TestAsyncAfterClose(t *testing.T) {
 	var out syncBuffer
-	log, q := newAsyncLogger(&out, "json", 4)
+	log, q := NewAsyncLogger(&out, "json", 4)
 	log.Info(evShutdown)
 	q.Close()
 	log.Info(evError, "phase", "run")
@@ -154,7 +154,7 @@ func TestAsyncAfterClose(t *testing.T) {
 // TestAsyncConcurrent logs from several goroutines while the writer writes; run with -race.
 func TestAsyncConcurrent(t *testing.T) {
 	var out syncBuffer
-	log, q := newAsyncLogger(&out, "json", 64)
+	log, q := NewAsyncLogger(&out, "json", 64)
 	var wg sync.WaitGroup
 	const goroutines, each = 8, 500
 	for g := range goroutines {
@@ -184,10 +184,10 @@ func TestAsyncConcurrent(t *testing.T) {
 // (both writing to a discarding writer).
 func BenchmarkLog(b *testing.B) {
 	b.Run("sync", func(b *testing.B) {
-		benchLog(b, newLogger(discard{}, "json"))
+		benchLog(b, NewLogger(discard{}, "json"))
 	})
 	b.Run("async", func(b *testing.B) {
-		log, q := newAsyncLogger(discard{}, "json", 0)
+		log, q := NewAsyncLogger(discard{}, "json", 0)
 		defer q.Close()
 		benchLog(b, log)
 		b.ReportMetric(float64(q.Dropped())/float64(b.N), "dropped/op")

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"bytes"
@@ -245,15 +245,15 @@ type harness struct {
 	cseq, sseq uint32
 }
 
-func newHarness(t *testing.T, cfg *config) *harness {
+func newHarness(t *testing.T, cfg *Config) *harness {
 	if cfg == nil {
-		cfg = &config{Ports: []uint16{21}, Queues: 1, PinholeTimeout: 30 * time.Second}
+		cfg = &Config{Ports: []uint16{21}, Queues: 1, PinholeTimeout: 30 * time.Second}
 	}
 	k := &fakeKernel{flows: map[conntrack.Tuple]conntrack.Flow{{Src: client, Dst: server}: snatFlow}}
 	q := &fakeQueue{}
 	logs := &bytes.Buffer{}
-	log := newLogger(logs, "json")
-	m := newMetrics()
+	log := NewLogger(logs, "json")
+	m := newMetrics("test")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	pins := newPinholes(ctx, k, log, m, cfg.PinholeTimeout)
@@ -496,7 +496,7 @@ func TestCollisionTakesAnotherPort(t *testing.T) {
 }
 
 func TestPinholeExpiresAtTimeout(t *testing.T) {
-	h := newHarness(t, &config{Ports: []uint16{21}, Queues: 1, PinholeTimeout: 20 * time.Millisecond})
+	h := newHarness(t, &Config{Ports: []uint16{21}, Queues: 1, PinholeTimeout: 20 * time.Millisecond})
 	h.handshake()
 	h.fromServer("220 ready\r\n")
 	h.fromClient("PORT 192,0,2,10,4,1\r\n")
@@ -538,42 +538,6 @@ type nopQueue struct{}
 
 func (nopQueue) Accept(uint32, []byte) error { return nil }
 func (nopQueue) Drop(uint32) error           { return nil }
-
-func TestRunFlags(t *testing.T) {
-	tests := []struct {
-		name    string
-		args    []string
-		wantErr bool
-		check   func(*config) bool
-	}{
-		{name: "defaults", args: nil, check: func(c *config) bool {
-			return len(c.Ports) == 1 && c.Ports[0] == 21 && c.FailOpen && c.PinholeTimeout == 30*time.Second && c.LogFormat == "json" && c.Queues == 1
-		}},
-		{name: "ports list", args: []string{"--ports", "21,2121,21"}, check: func(c *config) bool {
-			return len(c.Ports) == 2 && c.Ports[1] == 2121
-		}},
-		{name: "fail closed", args: []string{"--fail-open=false", "--queues", "2", "--queue", "7"}, check: func(c *config) bool {
-			return !c.FailOpen && c.Queues == 2 && c.Queue == 7
-		}},
-		{name: "bad port", args: []string{"--ports", "70000"}, wantErr: true},
-		{name: "zero port", args: []string{"--ports", "0"}, wantErr: true},
-		{name: "bad format", args: []string{"--log-format", "xml"}, wantErr: true},
-		{name: "timeout too long", args: []string{"--pinhole-timeout", "10m"}, wantErr: true},
-		{name: "too many queues", args: []string{"--queue", "65535", "--queues", "2"}, wantErr: true},
-		{name: "stray argument", args: []string{"now"}, wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := parseRunFlags(tt.args, io.Discard)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
-			}
-			if err == nil && !tt.check(cfg) {
-				t.Errorf("config = %+v", cfg)
-			}
-		})
-	}
-}
 
 // TestRestartRebuildsFromConntrack: kill -9 after a resize; the next run meets the connection
 // mid-stream and takes what it needs from the conntrack entry: the kernel keeps shifting (no
@@ -1283,28 +1247,6 @@ func TestZonesFirstContactSameEndpoints(t *testing.T) {
 	}
 	if len(h.k.expects) != 0 {
 		t.Errorf("pinholes opened while the zones were ambiguous: %+v", h.k.expects)
-	}
-}
-
-// TestCommandLine: the subcommands' argument handling (what needs no kernel).
-func TestCommandLine(t *testing.T) {
-	for _, tc := range []struct {
-		args []string
-		code int
-		out  string
-	}{
-		{[]string{"cleanup", "now"}, 2, "cleanup takes no arguments"},
-		{[]string{"frobnicate"}, 2, "unknown command"},
-		{[]string{"help"}, 0, "cleanup"},
-		{[]string{"version"}, 0, "ftpalg "},
-	} {
-		var stdout, stderr bytes.Buffer
-		if code := realMain(tc.args, &stdout, &stderr); code != tc.code {
-			t.Errorf("%v: exit %d, want %d (%s%s)", tc.args, code, tc.code, &stdout, &stderr)
-		}
-		if !strings.Contains(stdout.String()+stderr.String(), tc.out) {
-			t.Errorf("%v: output %q lacks %q", tc.args, stdout.String()+stderr.String(), tc.out)
-		}
 	}
 }
 

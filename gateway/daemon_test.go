@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"io"
@@ -16,7 +16,7 @@ import (
 )
 
 func TestMetricsAndHealth(t *testing.T) {
-	d, err := newDaemon(&config{Ports: []uint16{21}, Queues: 1}, newLogger(io.Discard, "json"))
+	d, err := New(&Config{Ports: []uint16{21}, Queues: 1}, NewLogger(io.Discard, "json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	d.m.rejections.WithLabelValues("bounce").Inc()
 	_, body := get("/metrics")
 	for _, want := range []string{
-		mBuildInfo + `{version="` + version + `"} 1`,
+		mBuildInfo + `{version="dev"} 1`,
 		mPackets + `{verdict="modified"} 1`,
 		mRejections + `{reason="bounce"} 1`,
 		mPacketSeconds + "_bucket",
@@ -60,7 +60,7 @@ func TestMetricsAndHealth(t *testing.T) {
 }
 
 func TestEventRouting(t *testing.T) {
-	d, _ := newDaemon(&config{Ports: []uint16{21}, Queues: 1}, newLogger(io.Discard, "json"))
+	d, _ := New(&Config{Ports: []uint16{21}, Queues: 1}, NewLogger(io.Discard, "json"))
 	h := newHarness(t, nil)
 	h.w.m = d.m
 	h.handshake()
