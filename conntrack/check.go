@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/ftpalg/ftpalg/conntrack/rules"
 	"io"
 	"net/netip"
 	"os"
@@ -168,26 +169,9 @@ func configEnabled(config []byte, option string) bool {
 	return false
 }
 
-// probeHelper creates and removes a ct helper object of type name in a throwaway table: the
-// kernel loads the helper module on demand (nfct-helper-<name>) and refuses an unknown type.
-func probeHelper(name string) error {
-	nft, err := nftables.New()
-	if err != nil {
-		return err
-	}
-	t := &nftables.Table{Name: fmt.Sprintf("ftpalg_probe_%d", os.Getpid()), Family: nftables.TableFamilyINet}
-	nft.AddTable(t)
-	nft.AddObj(&nftables.NamedObj{
-		Table: t, Name: name, Type: nftables.ObjTypeCtHelper,
-		Obj: &expr.CtHelper{Name: name, L3Proto: unix.NFPROTO_INET, L4Proto: unix.IPPROTO_TCP},
-	})
-	err = nft.Flush()
-	nft.DelTable(t)
-	if derr := nft.Flush(); err == nil && derr != nil && !errors.Is(derr, unix.ENOENT) {
-		return fmt.Errorf("remove probe table %s: %w", t.Name, derr)
-	}
-	return err
-}
+// probeHelper asks the kernel whether the conntrack helper name exists (rules.ProbeHelper:
+// the kernel loads its module on demand and refuses an unknown type).
+func probeHelper(name string) error { return rules.ProbeHelper(name, name) }
 
 // ErrKernelFTPHelper is wrapped by CheckKernelFTPHelper's error.
 var ErrKernelFTPHelper = errors.New("kernel ftp conntrack helper in use")

@@ -210,6 +210,23 @@ func TestSetSeqAdj(t *testing.T) {
 	})
 }
 
+func TestSeqAdjOffsets(t *testing.T) {
+	a := SeqAdj{Pos: 0xfffffff0, Before: 3, After: 5}
+	for _, tc := range []struct {
+		v        uint32
+		seq, ack int32
+	}{
+		{0xffffff00, 3, 3}, {0xfffffff0, 3, 3}, {0xfffffff1, 5, 3}, {0xfffffff3, 5, 3}, {0xfffffff4, 5, 5}, {0x10, 5, 5},
+	} {
+		if got := a.SeqOffset(tc.v); got != tc.seq {
+			t.Errorf("SeqOffset(%#x) = %d, want %d", tc.v, got, tc.seq)
+		}
+		if got := a.AckOffset(tc.v); got != tc.ack {
+			t.Errorf("AckOffset(%#x) = %d, want %d", tc.v, got, tc.ack)
+		}
+	}
+}
+
 func TestSeqAdjNext(t *testing.T) {
 	for _, tc := range []struct {
 		name  string

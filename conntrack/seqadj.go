@@ -38,6 +38,24 @@ func (a SeqAdj) Next(seq uint32, delta int32) SeqAdj {
 	return a
 }
 
+// SeqOffset is what the kernel adds to sequence number v of a segment of this direction
+// (nf_ct_seq_adjust): Before for a segment starting at or before Pos, After for a later one.
+func (a SeqAdj) SeqOffset(v uint32) int32 {
+	if int32(v-a.Pos) > 0 {
+		return a.After
+	}
+	return a.Before
+}
+
+// AckOffset is what the kernel subtracts from acknowledgment number v (or a SACK edge) of the
+// other direction, acknowledging this one.
+func (a SeqAdj) AckOffset(v uint32) int32 {
+	if int32(v-uint32(a.Before)-a.Pos) > 0 {
+		return a.After
+	}
+	return a.Before
+}
+
 // ErrNoSeqAdj: the connection's conntrack entry has no sequence-adjustment extension, so the
 // kernel would not carry a change of the stream's length. The kernel adds the extension only
 // when NAT changes the connection's tuple while a helper is attached (DESIGN.md).

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"time"
 
 	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/conntrack"
@@ -15,18 +14,18 @@ import (
 
 // decide carries out one engine decision for a packet whose (possibly joined) payload covers
 // the original stream range [first, end).
-func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time.Time) {
+func (w *worker) decide(c *pass, s *session, d *alg.Decision, first, end uint32) {
 	switch d.Action {
 	case alg.ActOpen:
 		// The engine counts every ActOpen as a pending pinhole; when none is opened after
 		// all, it must hear so, or the session soon refuses everything as over its limit.
-		if reason, err := w.tryOpen(s, d, first, end, now); reason != "" {
+		if reason, err := w.tryOpen(c, s, d, first, end); reason != "" {
 			s.eng.Release()
-			w.refuse(s, d, reason, err, first, end, now)
+			w.refuse(c, s, d, reason, err, first, end)
 		}
 	case alg.ActReject:
 		if d.Reason == alg.ReasonBounce && d.Dir == alg.FromClient && w.fxp != nil &&
-			w.fxp.match(fxpClient{s.key.zone, s.key.client.Addr()}, d.Endpoint, now) {
+			w.fxp.match(fxpClient{s.key.zone, s.key.client.Addr()}, d.Endpoint, c.now) {
 			// FXP: the client hands one server the endpoint another server announced to
 			// it. The data connection runs between the two servers: nothing to open, the
 			// command passes as it is.
@@ -37,19 +36,19 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 		reason := d.Reason.String()
 		w.m.rejections.WithLabelValues(reason).Inc()
 		if d.Reason == alg.ReasonNotFTP {
-			defer w.stopQueueing(s, "not_ftp")
+			defer w.stopQueueing(c, s, "not_ftp")
 		}
 		attrs := []slog.Attr{slog.String("cmd", d.Cmd.String()), slog.String("reason", reason)}
 		if d.Endpoint.IsValid() {
 			attrs = append(attrs, slog.String("announced", d.Endpoint.String()))
 		}
 		if d.Neutral.Len > 0 {
-			attrs = append(attrs, slog.String("action", w.neutralise(d, first, end)))
+			attrs = append(attrs, slog.String("action", w.neutralise(c, d, first, end)))
 		}
 		// A flood of refused commands is counted in full but logged at a bounded rate; the
 		// next line that gets through says how many were left out. not_ftp comes once per
 		// session and is always logged.
-		if d.Reason == alg.ReasonNotFTP || s.rejLog.allow(now, maxRejectLogs) {
+		if d.Reason == alg.ReasonNotFTP || s.rejLog.allow(c.now, maxRejectLogs) {
 			if n := s.rejLog.takeDropped(); n > 0 {
 				attrs = append(attrs, slog.Int("suppressed", n))
 			}
@@ -61,12 +60,12 @@ func (w *worker) decide(s *session, d *alg.Decision, first, end uint32, now time
 		}
 	case alg.ActTLS:
 		w.logEvent(evTLS, s.key, slog.String("cmd", d.Cmd.String()))
-		w.stopQueueing(s, "tls")
+		w.stopQueueing(c, s, "tls")
 	case alg.ActNote:
 		reason := d.Reason.String()
 		w.m.notes.WithLabelValues(reason).Inc()
-		if w.warn.allow(now, maxWarnLogs) {
-			w.logEvent(evNote, s.key, slog.String("reason", reason), slog.String("dir", dirName(d.Dir)))
+		if w.warn.allow(c.now, maxWarnLogs) {
+			w.logEvent(evNote, s.key, slog.String("reason", reason), slog.String("dir", d.Dir.String()))
 		}
 	}
 }
@@ -79,23 +78,16 @@ var neutralArg = bytes.Repeat([]byte("X"), 512)
 // the verb left in an earlier packet (a command split after its verb, released so that Nagle
 // lets the rest go), its argument is overwritten instead: the peer cannot parse it. It returns
 // the action for the log.
-func (w *worker) neutralise(d *alg.Decision, first, end uint32) string {
+func (w *worker) neutralise(c *pass, d *alg.Decision, first, end uint32) string {
 	switch {
 	case inRange(d.Neutral, first, end):
-		w.edits = append(w.edits, nat.Edit{Seq: d.Neutral.Seq, Len: d.Neutral.Len, New: []byte(d.NeutralWith)})
+		c.edits = append(c.edits, nat.Edit{Seq: d.Neutral.Seq, Len: d.Neutral.Len, New: []byte(d.NeutralWith)})
 		return "neutralized"
 	case d.Text.Len > 0 && d.Text.Len <= len(neutralArg) && inRange(d.Text, first, end):
-		w.edits = append(w.edits, nat.Edit{Seq: d.Text.Seq, Len: d.Text.Len, New: neutralArg[:d.Text.Len]})
+		c.edits = append(c.edits, nat.Edit{Seq: d.Text.Seq, Len: d.Text.Len, New: neutralArg[:d.Text.Len]})
 		return "neutralized"
 	}
 	return "passed_split"
-}
-
-func dirName(d alg.Dir) string {
-	if d == alg.FromServer {
-		return "server"
-	}
-	return "client"
 }
 
 func inRange(sp alg.Span, first, end uint32) bool {
@@ -105,7 +97,7 @@ func inRange(sp alg.Span, first, end uint32) bool {
 // refuse counts and logs an announced endpoint that ftpalg could not carry, and neutralises
 // the announcing command or reply like a refused one: the peer must not act on an endpoint no
 // pinhole leads to, nor see an untranslated private address.
-func (w *worker) refuse(s *session, d *alg.Decision, reason string, err error, first, end uint32, now time.Time) {
+func (w *worker) refuse(c *pass, s *session, d *alg.Decision, reason string, err error, first, end uint32) {
 	w.m.rejections.WithLabelValues(reason).Inc()
 	attrs := []slog.Attr{slog.String("cmd", d.Cmd.String()), slog.String("reason", reason),
 		slog.String("announced", d.Endpoint.String())}
@@ -113,9 +105,9 @@ func (w *worker) refuse(s *session, d *alg.Decision, reason string, err error, f
 		attrs = append(attrs, slog.String("err", err.Error()))
 	}
 	if d.Neutral.Len > 0 {
-		attrs = append(attrs, slog.String("action", w.neutralise(d, first, end)))
+		attrs = append(attrs, slog.String("action", w.neutralise(c, d, first, end)))
 	}
-	if s.rejLog.allow(now, maxRejectLogs) {
+	if s.rejLog.allow(c.now, maxRejectLogs) {
 		if n := s.rejLog.takeDropped(); n > 0 {
 			attrs = append(attrs, slog.Int("suppressed", n))
 		}
@@ -125,12 +117,12 @@ func (w *worker) refuse(s *session, d *alg.Decision, reason string, err error, f
 
 // tryOpen opens the pinhole for an accepted endpoint unless the session is over its rate. It
 // returns the reason ("" when a pinhole was opened) and the kernel's error, if any.
-func (w *worker) tryOpen(s *session, d *alg.Decision, first, end uint32, now time.Time) (string, error) {
-	if !s.pinRate.take(now, maxPinholeRate, maxPinholeBurst) {
+func (w *worker) tryOpen(c *pass, s *session, d *alg.Decision, first, end uint32) (string, error) {
+	if !s.pinRate.take(c.now, maxPinholeRate, maxPinholeBurst) {
 		// A client announcing endpoints faster than any transfer could use them.
 		return "rate_limit", nil
 	}
-	return w.open(s, d, first, end)
+	return w.open(c, s, d, first, end)
 }
 
 // open applies the pinhole rule (DESIGN.md) to an accepted endpoint E announced by the sender:
@@ -139,9 +131,9 @@ func (w *worker) tryOpen(s *session, d *alg.Decision, first, end uint32, now tim
 // the text is rewritten when E' differs from what was announced. A rewrite that changes the
 // length is registered in the kernel's sequence adjustment first; when the kernel will not
 // carry it, nothing is opened.
-func (w *worker) open(s *session, d *alg.Decision, first, end uint32) (string, error) {
+func (w *worker) open(c *pass, s *session, d *alg.Decision, first, end uint32) (string, error) {
 	if !s.haveFlow {
-		w.lookupFlow(s)
+		w.lookupFlow(c, s)
 	}
 	if !s.haveFlow {
 		return "no_conntrack", nil
@@ -193,17 +185,17 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) (string, e
 			w.deleteExpect(exp)
 			return "unrewritable", nil
 		}
-		start := len(w.text)
-		w.text = alg.AppendEndpoint(w.text, d, to)
-		repl := w.text[start:]
+		start := len(c.text)
+		c.text = alg.AppendEndpoint(c.text, d, to)
+		repl := c.text[start:]
 		if delta := len(repl) - d.Text.Len; delta != 0 {
-			if reason, err := w.resize(s, d.Dir, first, int32(delta)); reason != "" {
-				w.text = w.text[:start]
+			if reason, err := w.resize(c, s, d.Dir, first, int32(delta)); reason != "" {
+				c.text = c.text[:start]
 				w.deleteExpect(exp)
 				return reason, err
 			}
 		}
-		w.edits = append(w.edits, nat.Edit{Seq: d.Text.Seq, Len: d.Text.Len, New: repl})
+		c.edits = append(c.edits, nat.Edit{Seq: d.Text.Seq, Len: d.Text.Len, New: repl})
 		s.rewrites++
 		w.m.rewrites.WithLabelValues(d.Cmd.String()).Inc()
 		w.logEvent(evRewrite, s.key, slog.String("cmd", d.Cmd.String()),
@@ -213,7 +205,7 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) (string, e
 	s.pinholes++
 	if d.Dir == alg.FromServer && w.fxp != nil {
 		// What the client was told, as it would hand it to another server (FXP).
-		w.fxp.announced(fxpClient{s.key.zone, s.key.client.Addr()}, netip.AddrPortFrom(f.Orig.Dst.Addr(), to.Port()), w.now)
+		w.fxp.announced(fxpClient{s.key.zone, s.key.client.Addr()}, netip.AddrPortFrom(f.Orig.Dst.Addr(), to.Port()), c.now)
 	}
 	if replaced := w.pins.open(w, s.key, exp, d.Cmd.String(), d.Loose); replaced {
 		s.eng.Release()
@@ -227,13 +219,13 @@ func (w *worker) open(s *session, d *alg.Decision, first, end uint32) (string, e
 // reads the entry back to prove the kernel keeps it; a stream whose entry lacks the sequence
 // adjustment extension is never resized ("no_seqadj"). A packet that would outgrow the egress
 // MTU is refused too ("too_big"): ftpalg never fragments.
-func (w *worker) resize(s *session, dir alg.Dir, first uint32, delta int32) (string, error) {
+func (w *worker) resize(c *pass, s *session, dir alg.Dir, first uint32, delta int32) (string, error) {
 	grown := int(delta)
-	for i := range w.edits {
-		grown += len(w.edits[i].New) - w.edits[i].Len
+	for i := range c.edits {
+		grown += len(c.edits[i].New) - c.edits[i].Len
 	}
-	if n := len(w.pkt.Bytes()) + grown; grown > 0 && n > w.maxLen() {
-		return "too_big", fmt.Errorf("%d-byte packet would become %d bytes (egress MTU %d)", len(w.pkt.Bytes()), n, w.maxLen())
+	if n := len(c.pkt.Bytes()) + grown; grown > 0 && n > w.maxLen(c) {
+		return "too_big", fmt.Errorf("%d-byte packet would become %d bytes (egress MTU %d)", len(c.pkt.Bytes()), n, w.maxLen(c))
 	}
 	next := s.adj[dir].Next(first, delta)
 	if err := w.k.SetSeqAdj(s.flow, w.ctDir(s, dir), next, !s.adjProven); err != nil {
@@ -243,8 +235,8 @@ func (w *worker) resize(s *session, dir alg.Dir, first uint32, delta int32) (str
 		w.m.kernelErrors.WithLabelValues("set_seqadj").Inc()
 		return "seqadj_failed", err
 	}
-	if !w.adjDirty {
-		w.adjDirty, w.adjBefore = true, s.adj[dir]
+	if !c.adjDirty {
+		c.adjDirty, c.adjBefore = true, s.adj[dir]
 	}
 	s.adj[dir], s.adjProven = next, true
 	return "", nil

@@ -85,10 +85,11 @@ func (k sessKey) attrs() []slog.Attr {
 }
 
 type held struct {
-	id    uint32
-	bytes []byte    // the packet to release: possibly several segments joined
-	since time.Time // when its last piece arrived
-	first time.Time // when its first piece arrived
+	outDev uint32 // its egress interface (its MTU bounds what may be joined to it)
+	id     uint32
+	bytes  []byte    // the packet to release: possibly several segments joined
+	since  time.Time // when its last piece arrived
+	first  time.Time // when its first piece arrived
 }
 
 // heldSince is when the held packet's first piece arrived (now if there is none).
@@ -151,6 +152,21 @@ type ctlMsg struct {
 	zone uint16
 }
 
+// pass is the packet being handled and what the worker learns of it on the way.
+type pass struct {
+	now    time.Time
+	outDev uint32 // egress interface (0: local delivery): its MTU bounds a rewrite
+	ifc    uint32 // the client-side interface (input of client packets, output of server ones)
+	pkt    nat.Packet
+	dec    []alg.Decision // the engine's decisions for it
+	edits  []nat.Edit     // the rewrites and neutralisations to apply to it
+	text   []byte         // the replacement texts the edits refer to
+	// adjDirty: the packet registered a sequence adjustment; adjBefore is what its direction
+	// had before, to undo should the packet not be released rewritten.
+	adjDirty  bool
+	adjBefore conntrack.SeqAdj
+}
+
 // worker owns the sessions of one queue: everything on the packet path runs on its goroutine,
 // so nothing there takes a lock.
 type worker struct {
@@ -179,28 +195,19 @@ type worker struct {
 	shakes    map[sessKey]shake
 	shakeQ    []sessKey
 	openLog   gate   // session_open lines, maxOpenLogs a second
-	closeLog  gate   // session_close lines of sessions that never got going, likewise
 	discovery budget // table-walking look-ups (see lookup)
 	holding   map[*session]struct{}
 
-	outDev  uint32     // output interface of the packet being handled (0: local delivery)
-	ifc     uint32     // the client-side interface of the packet being handled
-	now     time.Time  // when the packet being handled was read
-	pkt     nat.Packet // the packet being handled
+	// cur is the packet being handled, handed to every step as an argument (one, reused, so
+	// that a packet allocates nothing); hpkt, out, joined and shifted are scratch buffers.
+	cur     pass
 	hpkt    nat.Packet // a held packet being released
-	dec     []alg.Decision
-	edits   []nat.Edit
-	text    []byte
 	out     []byte
 	joined  []byte
 	shifted []byte
 	mtus    map[uint32]int
 	mtuAt   time.Time
-	// The adjustment the packet being handled registered: adjBefore is what its direction had
-	// before, to undo it should the packet not be released rewritten.
-	adjDirty  bool
-	adjBefore conntrack.SeqAdj
-	warn      gate // per-packet warnings and notes, maxWarnLogs a second
+	warn    gate // per-packet warnings and notes, maxWarnLogs a second
 }
 
 func newWorker(id int, cfg *Config, k kernel, q verdicter, pins *pinholes, log *slog.Logger, m *metrics) *worker {
@@ -224,9 +231,7 @@ func newWorker(id int, cfg *Config, k kernel, q verdicter, pins *pinholes, log *
 		shakes:    make(map[sessKey]shake),
 		perClient: make(map[netip.Addr]int),
 		holding:   make(map[*session]struct{}),
-		dec:       make([]alg.Decision, 0, 8),
-		edits:     make([]nat.Edit, 0, 8),
-		text:      make([]byte, 0, 256),
+		cur:       pass{dec: make([]alg.Decision, 0, 8), edits: make([]nat.Edit, 0, 8), text: make([]byte, 0, 256)},
 		out:       make([]byte, 0, maxPacket),
 		joined:    make([]byte, 0, maxPacket),
 		shifted:   make([]byte, 0, maxPacket),
@@ -303,51 +308,53 @@ func (w *worker) isPort(p uint16) bool {
 // handle is the per-packet path.
 func (w *worker) handle(p queue.Packet, now time.Time) {
 	defer func() { w.m.packetSeconds.Observe(time.Since(now).Seconds()) }()
-	w.outDev, w.now = p.OutDev, now
-	if err := w.pkt.Decode(p.Payload); err != nil {
+	c := &w.cur
+	c.now, c.outDev, c.adjDirty = now, p.OutDev, false
+	c.edits, c.text = c.edits[:0], c.text[:0]
+	if err := c.pkt.Decode(p.Payload); err != nil {
 		w.accept(p.ID, nil, w.m.pBypass)
 		return
 	}
-	src, dst := w.pkt.Src(), w.pkt.Dst()
+	src, dst := c.pkt.Src(), c.pkt.Dst()
 	var dir alg.Dir
 	var key sessKey
 	switch {
 	case w.isPort(dst.Port()):
-		w.ifc = p.InDev
+		c.ifc = p.InDev
 		dir, key = alg.FromClient, sessKey{client: src, server: dst}
 	case w.isPort(src.Port()):
-		w.ifc = p.OutDev
+		c.ifc = p.OutDev
 		dir, key = alg.FromServer, sessKey{client: dst, server: src}
 	default:
 		w.accept(p.ID, nil, w.m.pBypass)
 		return
 	}
-	if z, known := w.zoneOf[w.ifc]; known {
+	if z, known := w.zoneOf[c.ifc]; known {
 		key.zone = z
 	} else {
-		key.ifc = w.ifc
+		key.ifc = c.ifc
 	}
 	s := w.sessions[key]
-	if s != nil && !s.closedAt.IsZero() && w.pkt.SYN() && !w.pkt.ACK() && dir == alg.FromClient {
+	if s != nil && !s.closedAt.IsZero() && c.pkt.SYN() && !c.pkt.ACK() && dir == alg.FromClient {
 		// A new connection on the 4-tuple of one that closed and still lingers.
 		w.removeSession(s, "closed")
 		s = nil
 	}
 	if s == nil {
-		if w.pkt.RST() {
+		if c.pkt.RST() {
 			delete(w.shakes, key)
 			w.accept(p.ID, nil, w.m.pBypass)
 			return
 		}
 		hs, inShake := w.shakes[key]
-		if w.pkt.SYN() || (inShake && len(w.pkt.Payload()) == 0) {
+		if c.pkt.SYN() || (inShake && len(c.pkt.Payload()) == 0) {
 			// A handshake costs a small entry, not a session: the session begins when data
 			// flows (a SYN flood, spoofed or not, leaves only these, capped and short-lived).
-			w.handshake(key, hs, inShake, dir, now)
+			w.handshake(c, key, hs, inShake, dir)
 			w.accept(p.ID, nil, w.m.pBypass)
 			return
 		}
-		if s = w.newSession(key, now, inShake); s == nil {
+		if s = w.newSession(c, key, inShake); s == nil {
 			w.accept(p.ID, nil, w.m.pBypass)
 			return
 		}
@@ -361,31 +368,31 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 			}
 		}
 	}
-	if w.pkt.RST() {
+	if c.pkt.RST() {
 		// RFC 5961: only an RST carrying exactly the next expected sequence number ends the
 		// connection; a blind one (an off-path attacker who guessed the 4-tuple) is answered
 		// by the endpoint with a challenge ACK, and must not make ftpalg forget the session.
 		// A real end also shows as the conntrack entry's destruction.
-		if next, ok := s.eng.Next(dir); ok && next != w.pkt.Seq() {
+		if next, ok := s.eng.Next(dir); ok && next != c.pkt.Seq() {
 			w.m.notes.WithLabelValues("rst_out_of_window").Inc()
 			w.accept(p.ID, nil, w.m.pAccept)
 			return
 		}
 	}
 	s.lastSeen = now
-	if !s.haveFlow && (len(w.pkt.Payload()) > 0 || s.readjust) && (s.readjust || now.Sub(s.lookupMiss) >= lookupRetry) {
-		w.lookupFlow(s)
+	if !s.haveFlow && (len(c.pkt.Payload()) > 0 || s.readjust) && (s.readjust || now.Sub(s.lookupMiss) >= lookupRetry) {
+		w.lookupFlow(c, s)
 	}
 
-	seq := w.pkt.Seq()
-	plen := uint32(len(w.pkt.Payload()))
+	seq := c.pkt.Seq()
+	plen := uint32(len(c.pkt.Payload()))
 	h := s.held[dir]
 	if h != nil {
 		hseq, hend := w.heldRange(h)
 		switch {
-		case plen == 0 && !w.pkt.FIN() && !w.pkt.RST():
+		case plen == 0 && !c.pkt.FIN() && !c.pkt.RST():
 			// A pure ACK leaves the held bytes alone.
-		case plen > 0 && seqLE(hseq, seq) && seqLE(seq+plen, hend) && !w.pkt.FIN() && !w.pkt.RST():
+		case plen > 0 && seqLE(hseq, seq) && seqLE(seq+plen, hend) && !c.pkt.FIN() && !c.pkt.RST():
 			// A retransmission of bytes already held (a tail loss probe: the held bytes are not
 			// acknowledged): the held packet carries them.
 			w.drop(p.ID)
@@ -408,41 +415,38 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		// start (a PORT sent first after a restart or a failover is inspected). A wrong
 		// guess costs that line only (the engine skips a line it cannot read).
 		s.resumed[dir] = true
-		if looksLikeLine(dir, w.pkt.Payload()) {
+		if looksLikeLine(dir, c.pkt.Payload()) {
 			s.eng.Resume(dir, seq)
 		}
 	}
 
-	w.dec = s.eng.Feed(alg.Segment{
+	c.dec = s.eng.Feed(alg.Segment{
 		Dir:     dir,
 		Seq:     seq,
-		SYN:     w.pkt.SYN(),
-		FIN:     w.pkt.FIN(),
-		RST:     w.pkt.RST(),
-		Payload: w.pkt.Payload(),
-	}, w.dec[:0])
+		SYN:     c.pkt.SYN(),
+		FIN:     c.pkt.FIN(),
+		RST:     c.pkt.RST(),
+		Payload: c.pkt.Payload(),
+	}, c.dec[:0])
 
 	// Where this packet's bytes start once joined with a held predecessor.
 	first := seq
 	joinedHeld := false
-	if h != nil && w.needsHeld(seq) {
-		if err := w.join(s, dir, h, &p); err == nil {
+	if h != nil && w.needsHeld(c, seq) {
+		if err := w.join(c, s, dir, h, &p); err == nil {
 			first, _ = w.heldRange(h)
 			joinedHeld = true
 		}
 	}
 
-	w.edits = w.edits[:0]
-	w.text = w.text[:0]
-	w.adjDirty = false
 	end := seq + plen
-	for i := range w.dec {
-		w.decide(s, &w.dec[i], first, end, now)
+	for i := range c.dec {
+		w.decide(c, s, &c.dec[i], first, end)
 	}
 
 	// Hold this packet back if it ends inside a line that may become a command needing a
 	// rewrite, so that the segment completing it can be joined to it.
-	if len(w.edits) == 0 && plen > 0 && !w.pkt.FIN() && !w.pkt.RST() {
+	if len(c.edits) == 0 && plen > 0 && !c.pkt.FIN() && !c.pkt.RST() {
 		holdFrom := first
 		if h != nil && !joinedHeld {
 			holdFrom, _ = w.heldRange(h) // a line dribbled over more segments joins the held one
@@ -453,7 +457,7 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		cont := s.verbLine[dir] == start && s.verbEnd[dir] == holdFrom
 		here := seqLE(holdFrom, start) || cont
 		if cand && n > 0 && here && h == nil {
-			p, sawSpace := w.pkt.Payload(), false
+			p, sawSpace := c.pkt.Payload(), false
 			if cont {
 				sawSpace = s.verbSpace[dir]
 			} else if off := int(int32(start - seq)); off >= 0 && off <= len(p) {
@@ -466,7 +470,7 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		}
 		if cand && n > 0 && here && now.Sub(heldSince(h, now)) < maxHoldTotal {
 			if h != nil && !joinedHeld {
-				if err := w.join(s, dir, h, &p); err != nil {
+				if err := w.join(c, s, dir, h, &p); err != nil {
 					w.releaseOne(s, dir)
 					h = nil
 				} else {
@@ -475,10 +479,10 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 			}
 			if joinedHeld {
 				s.held[dir].id = p.ID
-				s.held[dir].bytes = append(s.held[dir].bytes[:0], w.pkt.Bytes()...)
+				s.held[dir].bytes = append(s.held[dir].bytes[:0], c.pkt.Bytes()...)
 				s.held[dir].since = now // each new piece restarts the wait, up to maxHoldTotal
 			} else {
-				s.held[dir] = &held{id: p.ID, bytes: append([]byte(nil), w.pkt.Bytes()...), since: now, first: now}
+				s.held[dir] = &held{outDev: c.outDev, id: p.ID, bytes: append([]byte(nil), c.pkt.Bytes()...), since: now, first: now}
 			}
 			w.holding[s] = struct{}{}
 			w.m.pHold.Inc()
@@ -493,20 +497,20 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		// Keep the byte order: the held predecessor goes first, as it is.
 		w.releaseOne(s, dir)
 	}
-	w.applyAndRelease(s, dir, p.ID)
+	w.applyAndRelease(c, s, dir, p.ID)
 	if s.closedAt.IsZero() && s.eng.Closed() {
 		// Logged now; the state lingers to adjust retransmitted FINs and the last ACKs.
 		s.closedAt = now
-		w.logClose(s, closeReason(w.pkt.RST()))
+		w.logClose(s, closeReason(c.pkt.RST()))
 		w.uncountClient(s) // a closed session lingers, but no longer counts against its client
 	}
 }
 
 // needsHeld reports whether a decision of this packet refers to bytes before seq, i.e. in the
 // held predecessor.
-func (w *worker) needsHeld(seq uint32) bool {
-	for i := range w.dec {
-		d := &w.dec[i]
+func (w *worker) needsHeld(c *pass, seq uint32) bool {
+	for i := range c.dec {
+		d := &c.dec[i]
 		if d.Text.Len > 0 && seqLT(d.Text.Seq, seq) {
 			return true
 		}
@@ -517,19 +521,19 @@ func (w *worker) needsHeld(seq uint32) bool {
 	return false
 }
 
-// join rewrites w.pkt (already decoded from p) into one packet carrying the held packet's
+// join rewrites c.pkt (already decoded from p) into one packet carrying the held packet's
 // payload followed by its own, drops the held packet and makes p carry both.
-func (w *worker) join(s *session, dir alg.Dir, h *held, p *queue.Packet) error {
+func (w *worker) join(c *pass, s *session, dir alg.Dir, h *held, p *queue.Packet) error {
 	if err := w.hpkt.Decode(h.bytes); err != nil {
 		return err
 	}
-	b, err := nat.Extend(&w.pkt, w.hpkt.Payload(), w.joined[:0])
-	if err != nil || len(b) > w.maxLen() {
+	b, err := nat.Extend(&c.pkt, w.hpkt.Payload(), w.joined[:0])
+	if err != nil || len(b) > w.maxLen(c) {
 		// Joined, the two would not fit the egress MTU: they stay apart (the held one is
 		// released first, as it is).
 		return errJoinTooLarge
 	}
-	if err := w.pkt.Decode(b); err != nil {
+	if err := c.pkt.Decode(b); err != nil {
 		return err
 	}
 	w.joined = b
@@ -549,18 +553,18 @@ func (w *worker) heldRange(h *held) (uint32, uint32) {
 	return w.hpkt.Seq(), w.hpkt.Seq() + uint32(len(w.hpkt.Payload()))
 }
 
-func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
+func (w *worker) applyAndRelease(c *pass, s *session, dir alg.Dir, id uint32) {
 	d := nat.Original
 	if dir == alg.FromServer {
 		d = nat.Reply
 	}
-	out, changed, err := s.nat.Apply(&w.pkt, d, w.edits, w.maxLen(), w.out[:0])
+	out, changed, err := s.nat.Apply(&c.pkt, d, c.edits, w.maxLen(c), w.out[:0])
 	if err != nil {
 		w.logWarn(s.key, "rewrite", err)
-		if w.adjDirty {
+		if c.adjDirty {
 			// The kernel already shifts for a resize this packet will not carry: undo that
 			// and drop the packet (TCP retransmits it; its command is lost, never wedged).
-			w.restoreAdj(s, dir)
+			w.restoreAdj(c, s, dir)
 			w.drop(id)
 			return
 		}
@@ -571,9 +575,9 @@ func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
 		// The connection's entry is new and not yet confirmed, so the kernel cannot carry the
 		// adjustment for this packet: shift it here, once. The next packet finds the entry.
 		if !changed {
-			out = w.pkt.Bytes()
+			out = c.pkt.Bytes()
 		}
-		if b, err := nat.Shift(&w.pkt, out, seqShift(s.adj[dir], w.pkt.Seq()), -ackShift(s.adj[1-dir], w.pkt.Ack()), w.shifted[:0]); err == nil {
+		if b, err := nat.Shift(&c.pkt, out, s.adj[dir].SeqOffset(c.pkt.Seq()), -s.adj[1-dir].AckOffset(c.pkt.Ack()), w.shifted[:0]); err == nil {
 			w.shifted = b
 			out, changed = b, true
 		}
@@ -585,27 +589,11 @@ func (w *worker) applyAndRelease(s *session, dir alg.Dir, id uint32) {
 	}
 }
 
-// seqShift is the kernel's shift of sequence number v under a (nf_ct_seq_adjust).
-func seqShift(a conntrack.SeqAdj, v uint32) int32 {
-	if int32(v-a.Pos) > 0 {
-		return a.After
-	}
-	return a.Before
-}
-
-// ackShift is the kernel's shift back of acknowledgment number v under the other direction's a.
-func ackShift(a conntrack.SeqAdj, v uint32) int32 {
-	if int32(v-uint32(a.Before)-a.Pos) > 0 {
-		return a.After
-	}
-	return a.Before
-}
-
 // restoreAdj registers again the adjustment direction dir had before this packet.
-func (w *worker) restoreAdj(s *session, dir alg.Dir) {
-	w.adjDirty = false
-	s.adj[dir] = w.adjBefore
-	if err := w.k.SetSeqAdj(s.flow, w.ctDir(s, dir), w.adjBefore, false); err != nil {
+func (w *worker) restoreAdj(c *pass, s *session, dir alg.Dir) {
+	c.adjDirty = false
+	s.adj[dir] = c.adjBefore
+	if err := w.k.SetSeqAdj(s.flow, w.ctDir(s, dir), c.adjBefore, false); err != nil {
 		w.m.kernelErrors.WithLabelValues("set_seqadj").Inc()
 		w.logWarn(s.key, "set_seqadj", err)
 	}
@@ -622,8 +610,8 @@ func (w *worker) ctDir(s *session, dir alg.Dir) conntrack.Dir {
 	return conntrack.Reply
 }
 
-func (w *worker) accept(id uint32, altered []byte, c interface{ Inc() }) {
-	c.Inc()
+func (w *worker) accept(id uint32, altered []byte, ctr interface{ Inc() }) {
+	ctr.Inc()
 	if err := w.q.Accept(id, altered); err != nil {
 		w.m.queueErrors.Inc()
 	}
@@ -651,7 +639,7 @@ func (w *worker) releaseOne(s *session, dir alg.Dir) {
 	h := s.held[dir]
 	s.held[dir] = nil
 	w.unholdIfDone(s)
-	// w.pkt may hold the packet being handled: use hpkt.
+	// c.pkt may hold the packet being handled: use hpkt.
 	if err := w.hpkt.Decode(h.bytes); err != nil {
 		w.accept(h.id, nil, w.m.pAccept)
 		return
@@ -660,7 +648,7 @@ func (w *worker) releaseOne(s *session, dir alg.Dir) {
 	if dir == alg.FromServer {
 		d = nat.Reply
 	}
-	out, changed, err := s.nat.Apply(&w.hpkt, d, nil, w.maxLen(), w.out[:0])
+	out, changed, err := s.nat.Apply(&w.hpkt, d, nil, w.mtu(h.outDev, time.Now()), w.out[:0])
 	switch {
 	case err != nil:
 		w.accept(h.id, h.bytes, w.m.pAccept)
@@ -688,7 +676,7 @@ func (w *worker) releaseHeld(now time.Time, all bool) {
 	}
 }
 
-func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
+func (w *worker) newSession(c *pass, key sessKey, syn bool) *session {
 	var flow conntrack.Flow
 	if !syn {
 		// Met mid-stream (ftpalg restarted, or took over from another router): a session is
@@ -696,7 +684,7 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 		// spoofed packet finds none (its own entry, if the kernel made one, is not confirmed
 		// yet) and leaves no state. (No negative cache here: the next packet of a connection
 		// the kernel picked up mid-stream finds its entry confirmed.)
-		f, err := w.lookup(key)
+		f, err := w.lookup(c, key)
 		if err != nil {
 			if !errors.Is(err, conntrack.ErrNotFound) {
 				w.m.kernelErrors.WithLabelValues("lookup").Inc()
@@ -707,11 +695,11 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 	}
 	if len(w.sessions) >= maxSessions || w.perClient[clientKey(key.client.Addr())] >= maxPerClient {
 		w.m.rejections.WithLabelValues("session_limit").Inc()
-		if w.warn.allow(now, maxWarnLogs) {
+		if w.warn.allow(c.now, maxWarnLogs) {
 			w.logEvent(evRejected, key, slog.String("reason", "session_limit"))
 		}
 		// The connection passes uninspected for its whole life: label its entry so that
-		// its packets stop being queued (one look-up now instead of a queue traversal per
+		// its packets stop being queued (one look-up c.now instead of a queue traversal per
 		// packet). Its conntrack entry exists: the handshake or an earlier packet made it.
 		if syn {
 			if f, err := w.k.LookupIn(conntrack.Tuple{Src: key.client, Dst: key.server}, key.zone); err == nil {
@@ -733,7 +721,7 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 			return nil
 		}
 	}
-	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: now, midStream: !syn}
+	s := &session{key: key, eng: alg.NewSession(key.client, key.server, &w.eng), lastSeen: c.now, midStream: !syn}
 	w.sessions[key] = s
 	w.countClient(s)
 	w.m.sessions.Inc()
@@ -741,7 +729,7 @@ func (w *worker) newSession(key sessKey, now time.Time, syn bool) *session {
 	if !syn {
 		w.adoptFlow(s, flow)
 	}
-	if w.openLog.allow(now, maxOpenLogs) {
+	if w.openLog.allow(c.now, maxOpenLogs) {
 		attrs := []slog.Attr{slog.Int("worker", w.id), slog.Bool("restored", !syn), slog.Bool("adjusting", s.adjProven)}
 		if n := w.openLog.takeDropped(); n > 0 {
 			attrs = append(attrs, slog.Int("suppressed", n))
@@ -768,17 +756,17 @@ func clientKey(a netip.Addr) netip.Addr {
 // included (tens of milliseconds under a flood), so discoveries share a time budget:
 // maxDiscoveryShare of the worker's time, measured, so that stray packets cannot make the
 // worker walk the table per packet.
-func (w *worker) lookup(key sessKey) (conntrack.Flow, error) {
+func (w *worker) lookup(c *pass, key sessKey) (conntrack.Flow, error) {
 	seen := conntrack.Tuple{Src: key.client, Dst: key.server}
-	zone, known := w.zoneOf[w.ifc]
+	zone, known := w.zoneOf[c.ifc]
 	f, err := w.k.LookupIn(seen, zone)
 	if err == nil {
-		if !known && !w.zoneClaimed(0, w.ifc) {
-			w.zoneOf[w.ifc] = 0
+		if !known && !w.zoneClaimed(0, c.ifc) {
+			w.zoneOf[c.ifc] = 0
 		}
 		return f, nil
 	}
-	if !errors.Is(err, conntrack.ErrNotFound) || !w.discovery.allow(w.now) {
+	if !errors.Is(err, conntrack.ErrNotFound) || !w.discovery.allow(c.now) {
 		return f, err
 	}
 	start := time.Now()
@@ -788,7 +776,7 @@ func (w *worker) lookup(key sessKey) (conntrack.Flow, error) {
 		// Zones another interface's connections are known to be in are not this one's.
 		free := fs[:0:0]
 		for _, f := range fs {
-			if !w.zoneClaimed(f.Zone, w.ifc) {
+			if !w.zoneClaimed(f.Zone, c.ifc) {
 				free = append(free, f)
 			}
 		}
@@ -805,7 +793,7 @@ func (w *worker) lookup(key sessKey) (conntrack.Flow, error) {
 		w.m.notes.WithLabelValues("zone_ambiguous").Inc()
 		return conntrack.Flow{}, fmt.Errorf("lookup %s: %d zones hold it: %w", seen, len(fs), conntrack.ErrNotFound)
 	}
-	w.zoneOf[w.ifc] = fs[0].Zone
+	w.zoneOf[c.ifc] = fs[0].Zone
 	return fs[0], nil
 }
 
@@ -819,11 +807,11 @@ func (w *worker) zoneClaimed(zone uint16, ifc uint32) bool {
 	return false
 }
 
-func (w *worker) lookupFlow(s *session) {
-	f, err := w.lookup(s.key)
+func (w *worker) lookupFlow(c *pass, s *session) {
+	f, err := w.lookup(c, s.key)
 	if err != nil {
 		// Remembered: the next look-up waits lookupRetry, not the next packet.
-		s.lookupMiss = w.now
+		s.lookupMiss = c.now
 		w.m.kernelErrors.WithLabelValues("lookup").Inc()
 		return
 	}
@@ -874,12 +862,12 @@ func (w *worker) adoptFlow(s *session, f conntrack.Flow) {
 // packets pass without queueing them (rules.DefaultSkipLabel): it is encrypted (TLS) or not
 // FTP, and nothing in it will ever need ftpalg. A resized session stays queued: should its
 // entry be flushed, ftpalg must see its next packet to carry the adjustment over.
-func (w *worker) stopQueueing(s *session, why string) {
+func (w *worker) stopQueueing(c *pass, s *session, why string) {
 	if !s.adj[0].IsZero() || !s.adj[1].IsZero() {
 		return
 	}
 	if !s.haveFlow {
-		w.lookupFlow(s)
+		w.lookupFlow(c, s)
 		if !s.haveFlow {
 			return
 		}
@@ -935,16 +923,6 @@ func (w *worker) removeSession(s *session, reason string) {
 
 func (w *worker) logClose(s *session, reason string) {
 	s.closeLogged = true
-	if reason == "evicted" || reason == "unanswered" {
-		// Sessions that never got going (a SYN flood) end by the thousand: rate-limited.
-		if !w.closeLog.allow(w.now, maxOpenLogs) {
-			return
-		}
-		if n := w.closeLog.takeDropped(); n > 0 {
-			w.logEvent(evSessionClose, s.key, slog.String("reason", reason), slog.Int("suppressed", n))
-			return
-		}
-	}
 	w.logEvent(evSessionClose, s.key, slog.String("reason", reason),
 		slog.Int("rewrites", s.rewrites), slog.Int("pinholes", s.pinholes))
 }
@@ -967,25 +945,25 @@ type shake struct {
 // handshake records a handshake packet of key's connection. The table is capped: when full,
 // the oldest entry makes room (a real handshake completes, and its data flows, within a round
 // trip, long before maxShakes newer SYNs push it out); entries expire after shakeTimeout.
-func (w *worker) handshake(key sessKey, hs shake, known bool, dir alg.Dir, now time.Time) {
+func (w *worker) handshake(c *pass, key sessKey, hs shake, known bool, dir alg.Dir) {
 	if !known {
-		if !w.pkt.SYN() {
+		if !c.pkt.SYN() {
 			return
 		}
 		if len(w.shakes) >= maxShakes {
 			w.evictShake()
 		}
-		hs.born = now
+		hs.born = c.now
 		w.shakeQ = append(w.shakeQ, key)
 	}
-	if w.pkt.SYN() {
-		if dir == alg.FromClient && !w.pkt.ACK() {
-			if hs.haveC && hs.cISN != w.pkt.Seq() {
-				hs = shake{born: now} // a new connection on the tuple
+	if c.pkt.SYN() {
+		if dir == alg.FromClient && !c.pkt.ACK() {
+			if hs.haveC && hs.cISN != c.pkt.Seq() {
+				hs = shake{born: c.now} // a new connection on the tuple
 			}
-			hs.cISN, hs.haveC = w.pkt.Seq(), true
+			hs.cISN, hs.haveC = c.pkt.Seq(), true
 		} else if dir == alg.FromServer {
-			hs.sISN, hs.haveS = w.pkt.Seq(), true
+			hs.sISN, hs.haveS = c.pkt.Seq(), true
 		}
 	}
 	w.shakes[key] = hs
@@ -1090,8 +1068,8 @@ func (w *worker) sweep(now time.Time) {
 
 // maxLen is the largest packet that may be released: the MTU of the output interface of the
 // packet being handled (65535 for local delivery).
-func (w *worker) maxLen() int {
-	return w.mtu(w.outDev, w.now)
+func (w *worker) maxLen(c *pass) int {
+	return w.mtu(c.outDev, c.now)
 }
 
 // mtu returns the MTU of interface index i, cached.
@@ -1125,9 +1103,9 @@ func (w *worker) logWarn(key sessKey, op string, err error) {
 	}
 }
 
-// Sequence number comparisons that survive wrap-around at 2^32.
-func seqLT(a, b uint32) bool { return int32(a-b) < 0 }
-func seqLE(a, b uint32) bool { return int32(a-b) <= 0 }
+// Sequence number comparisons that survive wrap-around at 2^32 (nat.Seq's).
+func seqLT(a, b uint32) bool { return nat.Seq(a).LessThan(nat.Seq(b)) }
+func seqLE(a, b uint32) bool { return nat.Seq(a).LessThanEq(nat.Seq(b)) }
 
 // looksLikeLine reports whether a segment of direction d holds whole lines from its first
 // byte: a command (a letter, or Telnet IAC before ABOR) or a reply (three digits), ending with

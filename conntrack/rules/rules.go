@@ -586,11 +586,15 @@ func install(cfg Config) error {
 
 // probeHelper creates, in a batch that leaves nothing behind, a scratch table holding
 // only a carrier helper object, and returns the kernel's answer (ENOENT: no "sane"
-// helper). The scratch table is created exclusively, so that a table of that name, were
-// there one, is left alone (the probe then fails with EEXIST).
-func probeHelper(cfg Config) error { return probeHelperType(cfg.Helper, carrierHelperType) }
+// helper).
+func probeHelper(cfg Config) error { return ProbeHelper(cfg.Helper, carrierHelperType) }
 
-func probeHelperType(name, typ string) error {
+// ProbeHelper asks the kernel whether a conntrack helper of type typ exists, in one batch
+// that creates a scratch table holding a ct helper object of that type named name and deletes
+// it again: nothing is left behind, and the kernel loads the helper's module on demand. nil:
+// it exists; ENOENT: no such helper. The scratch table is created exclusively, so that a table
+// of that name, were there one, is left alone (the probe then fails with EEXIST).
+func ProbeHelper(name, typ string) error {
 	c, err := nftables.New()
 	if err != nil {
 		return err

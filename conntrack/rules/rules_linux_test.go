@@ -253,9 +253,9 @@ func TestProbeHelper(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := ns.Do(func() error { return probeHelperType(DefaultHelper, tc.typ) })
+			err := ns.Do(func() error { return ProbeHelper(DefaultHelper, tc.typ) })
 			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
-				t.Errorf("probeHelperType(%q) = %v, want %v", tc.typ, err, tc.wantErr)
+				t.Errorf("ProbeHelper(%q) = %v, want %v", tc.typ, err, tc.wantErr)
 			}
 			if got := ns.MustExec(t, "nft", "list", "tables"); got != "" {
 				t.Errorf("tables left after probe: %q", got)
