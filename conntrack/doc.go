@@ -1,7 +1,9 @@
 // Package conntrack is ftpalg's boundary with the kernel connection tracker (ctnetlink): it
-// finds the conntrack entry of an FTP control connection, marks it TCP-liberal, creates and
-// deletes expectations ("pinholes") hung on it, lists them, reports conntrack events, and runs
-// the startup checks the daemon needs before it touches any traffic.
+// finds the conntrack entry of an FTP control connection (in its zone, also NATed both ways),
+// registers the sequence adjustment of a stream ftpalg resized (SetSeqAdj), labels entries
+// (SetLabel), creates and deletes expectations ("pinholes") hung on it, lists them, reports
+// the conntrack events ftpalg owns (a kernel socket filter drops the rest), and runs the
+// startup checks the daemon needs before it touches any traffic.
 //
 // It works in the network namespace of the thread that calls Dial. Its calls are per session
 // or per command, never per packet: each is one or two netlink round trips and allocates.
@@ -32,9 +34,15 @@
 //   - NAT (nat-follow-master): the data connection's conntrack entry always gets the NAT
 //     binding, but packets are rewritten only on hooks where a nat-type chain is registered
 //     in the namespace (without one the connection was refused at the unmapped port).
-//   - BE_LIBERAL: an update carrying only CTA_PROTOINFO_TCP_FLAGS_{ORIGINAL,REPLY} = {0x08,
-//     0x08} is accepted and leaves TCP state and window scales unchanged, so SetLiberal does
-//     not write the state back (it would race with the packet path).
+//   - Sequence adjustment: an update with CTA_SEQ_ADJ_ORIG/REPLY sticks only on an entry with
+//     the seqadj extension, which the kernel adds when NAT changes the tuple while a helper is
+//     attached, including nft's `ct helper set` on an entry already NATed (a port-forward);
+//     on any other entry it is accepted and does nothing, so SetSeqAdj reads it back. The
+//     update raises a conntrack event (conntrackd replicates it).
+//   - Dumps filtered by CTA_FILTER on the tuple (Discover): supported; IPv6 addresses in the
+//     filter match nothing, so IPv6 dumps filter on protocol and ports only. A dump walks the
+//     whole table, every namespace's entries included.
+//   - Zones: the expectation dump does not report an expectation's zone.
 //   - Events: with net.netfilter.nf_conntrack_events = 2 (the default), the kernel reports the
 //     destruction only of entries created while a listener was subscribed; Subscribe before
 //     traffic flows.
