@@ -27,6 +27,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -80,6 +81,15 @@ type Options struct {
 	BulkBytes       int64
 	BulkRuns        int
 	IdleSessions    int // ftpalg only
+	// Unrelated traffic: UnrelatedConc workers open short TCP connections to a non-FTP port
+	// (UnrelatedPort on the outside server) for UnrelatedDuration, in UnrelatedRounds rounds
+	// across the setups.
+	UnrelatedConc     int
+	UnrelatedDuration time.Duration
+	UnrelatedRounds   int
+	// Files small files of FileBytes each are fetched one after the other on one session.
+	Files     int
+	FileBytes int64
 	// ClientAddrs is how many inside client addresses the sessions and idle benchmarks spread
 	// their sessions over, in every setup (ftpalg admits at most 256 open sessions per client
 	// address and worker): the router sees many clients, as routers do.
@@ -95,6 +105,7 @@ func Full() Options {
 	return Options{
 		RTTCount: 3000, RTTRounds: 5, PinholeCount: 500, SessionDuration: 5 * time.Second, Concurrency: []int{1, 16, 256},
 		TransferBytes: 1024, BulkBytes: 512 << 20, BulkRuns: 3, IdleSessions: 10000, ClientAddrs: 128,
+		UnrelatedConc: 16, UnrelatedDuration: 2 * time.Second, UnrelatedRounds: 3, Files: 300, FileBytes: 1024,
 	}
 }
 
@@ -104,6 +115,7 @@ func Short() Options {
 	return Options{
 		RTTCount: 200, RTTRounds: 2, PinholeCount: 50, SessionDuration: time.Second, Concurrency: []int{1, 16, 256},
 		TransferBytes: 1024, BulkBytes: 32 << 20, BulkRuns: 1, IdleSessions: 1000, ClientAddrs: 128,
+		UnrelatedConc: 4, UnrelatedDuration: 300 * time.Millisecond, UnrelatedRounds: 1, Files: 20, FileBytes: 1024,
 	}
 }
 
@@ -119,6 +131,49 @@ type Lat struct {
 type RTT struct {
 	PASV Lat `json:"pasv"`
 	PORT Lat `json:"port"`
+	EPRT Lat `json:"eprt"`
+}
+
+// GeoMeanP50 is the geometric mean of the PASV, PORT and EPRT round trips' p50 (µs), 0 when
+// one is missing.
+func (r RTT) GeoMeanP50() float64 {
+	v := []float64{r.PASV.P50, r.PORT.P50, r.EPRT.P50}
+	prod := 1.0
+	for _, x := range v {
+		if x <= 0 {
+			return 0
+		}
+		prod *= x
+	}
+	return math.Cbrt(prod)
+}
+
+// Unrelated is the short non-FTP connections' result, summed over the rounds.
+type Unrelated struct {
+	Concurrency int       `json:"concurrency"`
+	OK          int64     `json:"ok"`
+	Failed      int64     `json:"failed"`
+	Seconds     float64   `json:"seconds"`
+	PerSec      float64   `json:"per_sec"` // OK / Seconds
+	PerSecRound []float64 `json:"per_sec_rounds"`
+	Conn        Lat       `json:"conn"` // connect to close; percentiles: the median of the rounds
+	Errors      []string  `json:"errors,omitempty"`
+	// ftpalg only: its utime+stime over the rounds, and per 1,000 connections (ms).
+	CPUSeconds     float64 `json:"ftpalg_cpu_seconds,omitempty"`
+	CPUPer1000Conn float64 `json:"ftpalg_cpu_ms_per_1000,omitempty"`
+	// The same from the scheduler's nanosecond clock (/proc/<pid>/task/*/schedstat): the
+	// 10 ms ticks of utime+stime are coarse against an idle daemon.
+	RunSeconds     float64 `json:"ftpalg_run_seconds,omitempty"`
+	RunPer1000Conn float64 `json:"ftpalg_run_ms_per_1000,omitempty"`
+}
+
+// Files is the session that fetches many small files one after the other (benchpeer's JSON).
+type Files struct {
+	Files   int     `json:"files"`
+	Failed  int     `json:"failed"`
+	Seconds float64 `json:"seconds"`
+	PerFile Lat     `json:"per_file"`
+	Error   string  `json:"error,omitempty"`
 }
 
 // Sessions is one (mode, concurrency) cell.
@@ -174,13 +229,18 @@ type Result struct {
 	Setup    Setup
 	RTT      RTT
 	Sessions []Sessions
-	PinPASV  Pinhole
-	PinPORT  Pinhole
-	Bulk     Bulk
-	Idle     *Idle    // ftpalg only
-	CPU      []CtlCPU // ftpalg only
-	Errors   []string // harness-level failures of this setup
-	Duration time.Duration
+	// SessionCPUus is ftpalg's CPU (utime+stime) over the sessions phase per completed FTP
+	// session, µs (ftpalg only).
+	SessionCPUus float64
+	Unrelated    Unrelated
+	Files        Files
+	PinPASV      Pinhole
+	PinPORT      Pinhole
+	Bulk         Bulk
+	Idle         *Idle    // ftpalg only
+	CPU          []CtlCPU // ftpalg only
+	Errors       []string // harness-level failures of this setup
+	Duration     time.Duration
 }
 
 // Failures counts failed transfers and connections of this setup.
@@ -189,6 +249,7 @@ func (r *Result) Failures() int {
 	for _, s := range r.Sessions {
 		n += int(s.Failed)
 	}
+	n += int(r.Unrelated.Failed) + r.Files.Failed
 	if r.Idle != nil {
 		n += r.Idle.Failed
 	}
@@ -352,8 +413,49 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	for _, e := range envs {
 		if c, ok := cpuSess[e]; ok {
 			e.res.CPU = append(e.res.CPU, ctlCPU("sessions with one transfer", c[0], c[1]))
+			var n int64
+			for _, s := range e.res.Sessions {
+				n += s.OK
+			}
+			if n > 0 {
+				e.res.SessionCPUus = c[0] / float64(n) * 1e6
+			}
 		}
 	}
+
+	// Unrelated traffic: short connections to a port that is not FTP's, with ftpalg's CPU.
+	urounds := max(opt.UnrelatedRounds, 1)
+	unrel := make(map[*env][]unrelatedRound)
+	for r := range urounds {
+		phase(i+r, fmt.Sprintf("unrelated round %d/%d (%d workers, %s)", r+1, urounds, opt.UnrelatedConc, opt.UnrelatedDuration), func(e *env) error {
+			// CPU straight from /proc: no metrics scrape (which ftpalg would serve) inside
+			// the interval.
+			cpu0, run0 := e.cpuNow()
+			var x unrelatedRound
+			if err := e.peer(ctx, &x.Unrelated, "unrelated", "-server", e.echo.String(), "-c", strconv.Itoa(opt.UnrelatedConc),
+				"-duration", opt.UnrelatedDuration.String(), "-from", strings.Join(e.from, ",")); err != nil {
+				return err
+			}
+			if e.ftpalg != nil {
+				cpu1, run1 := e.cpuNow()
+				x.cpu, x.run = cpu1-cpu0, run1-run0
+			}
+			unrel[e] = append(unrel[e], x)
+			return nil
+		})
+	}
+	i += urounds
+	for _, e := range envs {
+		if rs, ok := unrel[e]; ok {
+			e.res.Unrelated = sumUnrelated(rs, e.ftpalg != nil)
+		}
+	}
+
+	phase(i, fmt.Sprintf("%d files in one session", opt.Files), func(e *env) error {
+		return e.peer(ctx, &e.res.Files, "files", "-server", e.server.String(), "-n", strconv.Itoa(opt.Files),
+			"-size", strconv.FormatInt(opt.FileBytes, 10))
+	})
+	i++
 
 	phase(i, fmt.Sprintf("bulk %d MiB x %d", opt.BulkBytes>>20, opt.BulkRuns), func(e *env) error {
 		return e.peer(ctx, &e.res.Bulk, "bulk", "-server", e.server.String(), "-size", strconv.FormatInt(opt.BulkBytes, 10), "-runs", strconv.Itoa(opt.BulkRuns))
@@ -381,33 +483,79 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	return rep, ctx.Err()
 }
 
+// medianLat takes, for each percentile, the median over the rounds; N is their sum.
+func medianLat(ls []Lat) Lat {
+	if len(ls) == 0 {
+		return Lat{}
+	}
+	pick := func(f func(Lat) float64) float64 {
+		v := make([]float64, len(ls))
+		for i, l := range ls {
+			v[i] = f(l)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	out := Lat{
+		P50: pick(func(l Lat) float64 { return l.P50 }),
+		P99: pick(func(l Lat) float64 { return l.P99 }),
+		Max: pick(func(l Lat) float64 { return l.Max }),
+	}
+	for _, l := range ls {
+		out.N += l.N
+	}
+	return out
+}
+
 // medianRTT takes, for each percentile, the median over the rounds.
 func medianRTT(rs []RTT) RTT {
 	med := func(get func(RTT) Lat) Lat {
-		if len(rs) == 0 {
-			return Lat{}
+		ls := make([]Lat, len(rs))
+		for i, r := range rs {
+			ls[i] = get(r)
 		}
-		var out Lat
-		pick := func(f func(Lat) float64) float64 {
-			v := make([]float64, len(rs))
-			for i, r := range rs {
-				v[i] = f(get(r))
-			}
-			slices.Sort(v)
-			return v[len(v)/2]
-		}
-		out.P50 = pick(func(l Lat) float64 { return l.P50 })
-		out.P99 = pick(func(l Lat) float64 { return l.P99 })
-		out.Max = pick(func(l Lat) float64 { return l.Max })
-		for _, r := range rs {
-			out.N += get(r).N
-		}
-		return out
+		return medianLat(ls)
 	}
-	return RTT{PASV: med(func(r RTT) Lat { return r.PASV }), PORT: med(func(r RTT) Lat { return r.PORT })}
+	return RTT{PASV: med(func(r RTT) Lat { return r.PASV }), PORT: med(func(r RTT) Lat { return r.PORT }),
+		EPRT: med(func(r RTT) Lat { return r.EPRT })}
+}
+
+// unrelatedRound is one round of unrelated connections and ftpalg's CPU over it.
+type unrelatedRound struct {
+	Unrelated
+	cpu, run float64
+}
+
+// sumUnrelated adds the rounds up: the rate is all connections over all the rounds' time.
+func sumUnrelated(rs []unrelatedRound, ftpalg bool) Unrelated {
+	var out Unrelated
+	var conn []Lat
+	for _, r := range rs {
+		out.Concurrency = r.Concurrency
+		out.OK += r.OK
+		out.Failed += r.Failed
+		out.Seconds += r.Seconds
+		out.PerSecRound = append(out.PerSecRound, r.PerSec)
+		out.Errors = append(out.Errors, r.Errors...)
+		out.CPUSeconds += r.cpu
+		out.RunSeconds += r.run
+		conn = append(conn, r.Conn)
+	}
+	out.Conn = medianLat(conn)
+	if out.Seconds > 0 {
+		out.PerSec = float64(out.OK) / out.Seconds
+	}
+	if ftpalg && out.OK > 0 {
+		out.CPUPer1000Conn = out.CPUSeconds / float64(out.OK) * 1e6
+		out.RunPer1000Conn = out.RunSeconds / float64(out.OK) * 1e6
+	}
+	return out
 }
 
 const metricsAddr = "127.0.0.1:9121"
+
+// UnrelatedPort is the port of the non-FTP service the unrelated connections go to.
+const UnrelatedPort = 8080
 
 type env struct {
 	opt    *Options
@@ -416,6 +564,7 @@ type env struct {
 	l      *lab.Lab
 	close  func()
 	server netip.AddrPort
+	echo   netip.AddrPort // the non-FTP service, on the server's host
 	dir    string
 	ftpalg *lab.Proc
 	log    *os.File
@@ -434,7 +583,8 @@ func upSetup(ctx context.Context, opt *Options, res *Result) (e *env, err error)
 		l.Close()
 		return nil, err
 	}
-	e = &env{opt: opt, res: res, l: l, dir: dir, server: netip.AddrPortFrom(l.Addrs.OutsideGo, 21)}
+	e = &env{opt: opt, res: res, l: l, dir: dir, server: netip.AddrPortFrom(l.Addrs.OutsideGo, 21),
+		echo: netip.AddrPortFrom(l.Addrs.OutsideGo, UnrelatedPort)}
 	e.close = func() {
 		if e.ftpalg != nil {
 			e.stopFtpalg()
@@ -448,6 +598,10 @@ func upSetup(ctx context.Context, opt *Options, res *Result) (e *env, err error)
 			e = nil
 		}
 	}()
+	// The non-FTP service is reachable from the inside in every setup, by the same rule.
+	if err := l.Nft(ctx, fmt.Sprintf("add rule inet lab forward iifname \"lan\" tcp dport %d ct state new accept\n", UnrelatedPort)); err != nil {
+		return nil, err
+	}
 	if res.Setup == Plain {
 		// Forwarding only: open the data ports (passive: client → server; active: the server
 		// to the client's inside address, routed, not translated).
@@ -470,7 +624,7 @@ func upSetup(ctx context.Context, opt *Options, res *Result) (e *env, err error)
 		}
 	}
 	srvLog := &lab.SyncBuffer{}
-	srv, err := l.Start(lab.OutsideGo, srvLog, srvLog, opt.Peer, "serve", "-listen", e.server.String())
+	srv, err := l.Start(lab.OutsideGo, srvLog, srvLog, opt.Peer, "serve", "-listen", e.server.String(), "-echo", e.echo.String())
 	if err != nil {
 		return nil, err
 	}
@@ -616,6 +770,38 @@ func (e *env) cpuAndPackets(ctx context.Context) (float64, float64) {
 	m, _ := e.metrics(ctx)
 	cpu, _ := procCPU(e.ftpalg.PID())
 	return cpu, m["ftpalg_packets_total"]
+}
+
+// cpuNow returns ftpalg's utime+stime and its threads' time on a CPU by the scheduler's
+// clock, both in seconds (0 without ftpalg).
+func (e *env) cpuNow() (cpu, run float64) {
+	if e.ftpalg == nil {
+		return 0, 0
+	}
+	cpu, _ = procCPU(e.ftpalg.PID())
+	run, _ = procRun(e.ftpalg.PID())
+	return cpu, run
+}
+
+// procRun sums the first field of /proc/<pid>/task/*/schedstat (ns on a CPU) over a process's
+// threads, in seconds. Threads that exited meanwhile are not counted (Go keeps its threads).
+func procRun(pid int) (float64, error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		return 0, errNoProc
+	}
+	var ns float64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			v, _ := strconv.ParseFloat(f[0], 64)
+			ns += v
+		}
+	}
+	return ns / 1e9, nil
 }
 
 var errNoProc = errors.New("no such process")

@@ -47,12 +47,16 @@ func TestBenchShort(t *testing.T) {
 		RTT, Pinholes   bool
 		SessionCells    int
 		SessionsAllRan  bool
+		SessionCPU      bool // ftpalg's CPU per FTP session was measured
+		UnrelatedRounds int  // rounds of unrelated connections that opened some
+		Files           int  // files fetched in the one session
 		Bulk, Footprint bool
 	}
 	var got, want []shape
 	for _, s := range Setups {
 		want = append(want, shape{Setup: s, RTT: true, Pinholes: true, SessionCells: 2 * len(opt.Concurrency),
-			SessionsAllRan: true, Bulk: true, Footprint: s == Ftpalg})
+			SessionsAllRan: true, SessionCPU: s == Ftpalg, UnrelatedRounds: opt.UnrelatedRounds, Files: opt.Files,
+			Bulk: true, Footprint: s == Ftpalg})
 		r := rep.Result(s)
 		if r == nil {
 			got = append(got, shape{Setup: s})
@@ -62,14 +66,26 @@ func TestBenchShort(t *testing.T) {
 		for _, c := range r.Sessions {
 			ran = ran && c.OK > 0
 		}
+		urounds := 0
+		for _, v := range r.Unrelated.PerSecRound {
+			if v > 0 {
+				urounds++
+			}
+		}
 		got = append(got, shape{
-			Setup:          s,
-			Failures:       r.Failures(),
-			RTT:            r.RTT.PASV.N == opt.RTTCount && r.RTT.PORT.N == opt.RTTCount,
+			Setup:    s,
+			Failures: r.Failures(),
+			RTT: r.RTT.PASV.N == opt.RTTCount && r.RTT.PORT.N == opt.RTTCount && r.RTT.EPRT.N == opt.RTTCount &&
+				r.RTT.GeoMeanP50() > 0,
 			Pinholes:       r.PinPASV.Connect.N == opt.PinholeCount && r.PinPORT.Total.N == opt.PinholeCount,
 			SessionCells:   len(r.Sessions),
 			SessionsAllRan: ran,
-			Bulk:           len(r.Bulk.MBps) == opt.BulkRuns && r.Bulk.Median > 0,
+			// CPU is in 10 ms ticks: a short run's sessions may cost less than one tick, so
+			// only that it was taken (the sessions ran under a live ftpalg) is checked.
+			SessionCPU:      r.CPU != nil && r.SessionCPUus >= 0 && isFtpalg(s),
+			UnrelatedRounds: urounds,
+			Files:           r.Files.Files,
+			Bulk:            len(r.Bulk.MBps) == opt.BulkRuns && r.Bulk.Median > 0,
 			// At least 99 % tracked: sessions opened 1,000 in a tenth of a second overflow the
 			// queue on a loaded CI machine, and fail-open lets a greeting pass uninspected.
 			Footprint: r.Idle != nil && r.Idle.RSSKB > 0 && r.Idle.Tracked >= 0.99*float64(opt.IdleSessions) && len(r.CPU) == 2,

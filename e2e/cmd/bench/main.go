@@ -3,6 +3,7 @@
 // prints the Markdown table of BENCHMARKS.md. It needs root (network namespaces).
 //
 //	go run ./e2e/cmd/bench -ftpalg bin/ftpalg [-short] [-setups ftpalg,kernel-helper,plain] [-json FILE]
+//	    [-idle N] [-unrelated D] [-unrelated-c C] [-files N]
 //
 // It exits 1 when any transfer or connection failed.
 package main
@@ -37,6 +38,9 @@ func run() int {
 	ftpalgB := flag.String("ftpalg-b", "", "ftpalg binary of the ftpalg-b setup (A/B runs; default -ftpalg)")
 	ftpalgBArgs := flag.String("ftpalg-b-args", "", "extra ftpalg arguments (space-separated) in the ftpalg-b setup")
 	idle := flag.Int("idle", -1, "idle sessions for the footprint measurement (-1: the mode's default; 0: skip)")
+	unrelated := flag.Duration("unrelated", 0, "duration of each round of unrelated connections (0: the mode's default)")
+	unrelatedConc := flag.Int("unrelated-c", 0, "workers opening unrelated connections (0: the mode's default)")
+	files := flag.Int("files", 0, "small files fetched in the one-session measurement (0: the mode's default)")
 	flag.Parse()
 
 	if os.Geteuid() != 0 {
@@ -54,6 +58,15 @@ func run() int {
 	opt.FtpalgBArgs = strings.Fields(*ftpalgBArgs)
 	if *idle >= 0 {
 		opt.IdleSessions = *idle
+	}
+	if *unrelated > 0 {
+		opt.UnrelatedDuration = *unrelated
+	}
+	if *unrelatedConc > 0 {
+		opt.UnrelatedConc = *unrelatedConc
+	}
+	if *files > 0 {
+		opt.Files = *files
 	}
 	if !*quiet {
 		opt.Logf = func(format string, args ...any) {

@@ -2,16 +2,20 @@
 // (e2e/bench). It runs as its own process under `ip netns exec`, because a socket belongs to
 // the network namespace of the thread that creates it.
 //
-//	benchpeer serve    -listen ADDR:21
-//	benchpeer rtt      -server ADDR:21 -n N
-//	benchpeer sessions -server ADDR:21 -c C -duration D -mode pasv|port -size BYTES
-//	benchpeer pinhole  -server ADDR:21 -n N -mode pasv|port
-//	benchpeer bulk     -server ADDR:21 -size BYTES -runs R
-//	benchpeer idle     -server ADDR:21 -n N -from IP,IP,... (holds the sessions until SIGTERM)
+//	benchpeer serve     -listen ADDR:21 [-echo ADDR:8080]
+//	benchpeer rtt       -server ADDR:21 -n N
+//	benchpeer sessions  -server ADDR:21 -c C -duration D -mode pasv|port -size BYTES
+//	benchpeer pinhole   -server ADDR:21 -n N -mode pasv|port
+//	benchpeer bulk      -server ADDR:21 -size BYTES -runs R
+//	benchpeer files     -server ADDR:21 -n N -size BYTES (one session, N passive RETRs in turn)
+//	benchpeer unrelated -server ADDR:8080 -c C -duration D -from IP,IP,... (short TCP connections, no FTP)
+//	benchpeer idle      -server ADDR:21 -n N -from IP,IP,... (holds the sessions until SIGTERM)
 //
 // The server speaks just enough FTP for the benchmark: USER, PASS, TYPE, NOOP, PASV, EPSV,
-// PORT, RETR and QUIT. RETR of any name ending in "-N" sends N zero bytes; nothing touches a
-// disk. Each goroutine of a session holds a small buffer only, so 10,000 idle sessions are
+// PORT, EPRT, RETR and QUIT. RETR of any name ending in "-N" sends N zero bytes; nothing touches a
+// disk. With -echo it also runs a non-FTP service: each connection's first bytes are sent back,
+// and the server closes once the client has (the client closes first, so TIME_WAIT stays on the
+// client's many addresses). Each goroutine of a session holds a small buffer only, so 10,000 idle sessions are
 // cheap (vsftpd forks a process per session).
 //
 // Every client subcommand writes one JSON object to stdout.
@@ -39,17 +43,19 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchpeer serve|rtt|sessions|pinhole|bulk|idle|flood [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchpeer serve|rtt|sessions|pinhole|bulk|files|unrelated|idle|flood [flags]")
 		os.Exit(2)
 	}
 	raiseNoFile()
 	cmds := map[string]func([]string) (any, error){
-		"rtt":      cmdRTT,
-		"sessions": cmdSessions,
-		"pinhole":  cmdPinhole,
-		"bulk":     cmdBulk,
-		"idle":     cmdIdle,
-		"flood":    cmdFlood,
+		"rtt":       cmdRTT,
+		"sessions":  cmdSessions,
+		"pinhole":   cmdPinhole,
+		"bulk":      cmdBulk,
+		"files":     cmdFiles,
+		"unrelated": cmdUnrelated,
+		"idle":      cmdIdle,
+		"flood":     cmdFlood,
 	}
 	if os.Args[1] == "serve" {
 		if err := serve(os.Args[2:]); err != nil {
@@ -100,17 +106,34 @@ var zeros = make([]byte, 256<<10)
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", "", "listen address (addr:port)")
+	echo := fs.String("echo", "", "also run the non-FTP echo service on this address (addr:port)")
 	_ = fs.Parse(args)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", *listen, err)
+	}
+	var eln net.Listener
+	if *echo != "" {
+		if eln, err = net.Listen("tcp", *echo); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen %s: %w", *echo, err)
+		}
+		go acceptLoop(eln, serveEcho)
 	}
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		<-ch
 		ln.Close()
+		if eln != nil {
+			eln.Close()
+		}
 	}()
+	return acceptLoop(ln, serveConn)
+}
+
+// acceptLoop serves every connection of ln in a goroutine of its own until ln is closed.
+func acceptLoop(ln net.Listener, serve func(net.Conn)) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -125,7 +148,27 @@ func serve(args []string) error {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		go serveConn(c)
+		go serve(c)
+	}
+}
+
+// serveEcho is the non-FTP service: it sends back what one read returns, then waits for the
+// client to close and closes too.
+func serveEcho(c net.Conn) {
+	defer c.Close()
+	var buf [64]byte
+	_ = c.SetDeadline(time.Now().Add(opTimeout))
+	n, err := c.Read(buf[:])
+	if err != nil {
+		return
+	}
+	if _, err := c.Write(buf[:n]); err != nil {
+		return
+	}
+	for {
+		if _, err := c.Read(buf[:]); err != nil {
+			return
+		}
 	}
 }
 
@@ -165,6 +208,8 @@ func serveConn(c net.Conn) {
 			ok = s.passive(strings.ToUpper(cmd) == "EPSV")
 		case "PORT":
 			ok = s.port(arg)
+		case "EPRT":
+			ok = s.eprt(arg)
 		case "RETR":
 			ok = s.retr(arg)
 		case "QUIT":
@@ -218,6 +263,40 @@ func (s *srvSession) port(arg string) bool {
 	}
 	s.active = ap
 	return s.reply("200 PORT ok")
+}
+
+func (s *srvSession) eprt(arg string) bool {
+	s.closeData()
+	ap, err := parseEPRT(arg)
+	if err != nil {
+		return s.reply("501 bad EPRT")
+	}
+	s.active = ap
+	return s.reply("200 EPRT ok")
+}
+
+// parseEPRT parses RFC 2428's |proto|addr|port| (any delimiter).
+func parseEPRT(arg string) (netip.AddrPort, error) {
+	arg = strings.TrimSpace(arg)
+	if len(arg) < 2 {
+		return netip.AddrPort{}, errors.New("too short")
+	}
+	f := strings.Split(arg[1:], arg[:1])
+	if len(f) != 4 || f[3] != "" {
+		return netip.AddrPort{}, errors.New("want |proto|addr|port|")
+	}
+	a, err := netip.ParseAddr(f[1])
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if (f[0] == "1") != a.Is4() || (f[0] != "1" && f[0] != "2") {
+		return netip.AddrPort{}, errors.New("protocol does not match the address")
+	}
+	p, err := strconv.ParseUint(f[2], 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return netip.AddrPortFrom(a, uint16(p)), nil
 }
 
 func parsePORT(arg string) (netip.AddrPort, error) {
@@ -375,8 +454,19 @@ func portArg(ap netip.AddrPort) string {
 	return fmt.Sprintf("PORT %d,%d,%d,%d,%d,%d", a[0], a[1], a[2], a[3], ap.Port()>>8, ap.Port()&0xff)
 }
 
+func eprtArg(ap netip.AddrPort) string {
+	proto := 1
+	if ap.Addr().Is6() {
+		proto = 2
+	}
+	return fmt.Sprintf("EPRT |%d|%s|%d|", proto, ap.Addr(), ap.Port())
+}
+
 func dialData(ap netip.AddrPort, from netip.Addr) (net.Conn, error) {
-	d := net.Dialer{Timeout: opTimeout, LocalAddr: &net.TCPAddr{IP: from.AsSlice()}}
+	d := net.Dialer{Timeout: opTimeout}
+	if from.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
+	}
 	c, err := d.Dial("tcp", ap.String())
 	if err != nil {
 		return nil, fmt.Errorf("data dial %s: %w", ap, err)
@@ -410,6 +500,7 @@ func lat(d []time.Duration) Lat {
 type RTTResult struct {
 	PASV Lat `json:"pasv"`
 	PORT Lat `json:"port"`
+	EPRT Lat `json:"eprt"`
 }
 
 func cmdRTT(args []string) (any, error) {
@@ -425,7 +516,7 @@ func cmdRTT(args []string) (any, error) {
 	if err := k.login(); err != nil {
 		return nil, err
 	}
-	var pasv, port []time.Duration
+	var pasv, port, eprt []time.Duration
 	for i := 0; i < *warm+*n; i++ {
 		t0 := time.Now()
 		if err := k.send("PASV"); err != nil {
@@ -443,15 +534,24 @@ func cmdRTT(args []string) (any, error) {
 		if err != nil {
 			return nil, err
 		}
+		t4 := time.Now()
+		if err := k.send(eprtArg(netip.AddrPortFrom(k.local, uint16(20000+(i+20000)%40000)))); err != nil {
+			return nil, err
+		}
+		_, t5, err := k.read("200")
+		if err != nil {
+			return nil, err
+		}
 		if i >= *warm {
 			pasv = append(pasv, t1.Sub(t0))
 			port = append(port, t3.Sub(t2))
+			eprt = append(eprt, t5.Sub(t4))
 		}
 	}
 	if err := k.quit(); err != nil {
 		return nil, err
 	}
-	return RTTResult{PASV: lat(pasv), PORT: lat(port)}, nil
+	return RTTResult{PASV: lat(pasv), PORT: lat(port), EPRT: lat(eprt)}, nil
 }
 
 // one runs one session with one transfer of size bytes, from local address from (any when
@@ -722,6 +822,175 @@ func cmdBulk(args []string) (any, error) {
 	slices.Sort(s)
 	res.Median = s[len(s)/2]
 	return res, nil
+}
+
+// FilesResult is the output of files.
+type FilesResult struct {
+	Files   int     `json:"files"` // fetched
+	Failed  int     `json:"failed"`
+	Seconds float64 `json:"seconds"` // from the first PASV to the last 226
+	PerFile Lat     `json:"per_file"`
+	Error   string  `json:"error,omitempty"`
+}
+
+// cmdFiles fetches n small files one after the other on one control session, each with PASV,
+// a data connection and RETR: a client mirroring a directory of small files. A failed
+// transfer ends the session (its control connection is in an unknown state); the rest count
+// as failed.
+func cmdFiles(args []string) (any, error) {
+	fs := flag.NewFlagSet("files", flag.ExitOnError)
+	server := fs.String("server", "", "server addr:port")
+	n := fs.Int("n", 300, "files")
+	size := fs.Int64("size", 1024, "bytes per file")
+	_ = fs.Parse(args)
+	k, err := dialCtl(*server, netip.Addr{})
+	if err != nil {
+		return nil, err
+	}
+	defer k.c.Close()
+	if err := k.login(); err != nil {
+		return nil, err
+	}
+	res := FilesResult{}
+	var per []time.Duration
+	start := time.Now()
+	for i := range *n {
+		t0 := time.Now()
+		if err := fetchPassive(k, fmt.Sprintf("RETR file%03d-%d", i, *size), *size); err != nil {
+			res.Failed = *n - i
+			res.Error = err.Error()
+			break
+		}
+		per = append(per, time.Since(t0))
+	}
+	res.Seconds = time.Since(start).Seconds()
+	res.Files, res.PerFile = len(per), lat(per)
+	if res.Failed == 0 {
+		if err := k.quit(); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// fetchPassive runs PASV, connects, sends retr and reads size bytes and the 226.
+func fetchPassive(k *ctl, retr string, size int64) error {
+	line, err := k.cmd("PASV", "227")
+	if err != nil {
+		return err
+	}
+	ap, err := parse227(line)
+	if err != nil {
+		return err
+	}
+	// No local address: connect(2) picks the source port by the 4-tuple, where bind(2) to
+	// the address would search for a port free on that address, a search that grows with the
+	// TIME_WAIT sockets the earlier phases left (the route gives the control connection's
+	// source address anyway).
+	dc, err := dialData(ap, netip.Addr{})
+	if err != nil {
+		return err
+	}
+	defer dc.Close()
+	if _, err := k.cmd(retr, "150"); err != nil {
+		return err
+	}
+	_ = dc.SetReadDeadline(time.Now().Add(opTimeout))
+	got, err := io.Copy(io.Discard, dc)
+	if err != nil {
+		return fmt.Errorf("data read: %w", err)
+	}
+	if got != size {
+		return fmt.Errorf("data: got %d bytes, want %d", got, size)
+	}
+	_, _, err = k.read("226")
+	return err
+}
+
+// UnrelatedResult is the output of unrelated.
+type UnrelatedResult struct {
+	Concurrency int      `json:"concurrency"`
+	OK          int64    `json:"ok"`
+	Failed      int64    `json:"failed"`
+	Seconds     float64  `json:"seconds"`
+	PerSec      float64  `json:"per_sec"`
+	Conn        Lat      `json:"conn"` // connect to close, per connection
+	Errors      []string `json:"errors,omitempty"`
+}
+
+// cmdUnrelated opens short TCP connections to a non-FTP service from c workers for a duration:
+// connect, send a few bytes, read them back, close. Traffic an FTP ALG has no business with.
+func cmdUnrelated(args []string) (any, error) {
+	fs := flag.NewFlagSet("unrelated", flag.ExitOnError)
+	server := fs.String("server", "", "echo server addr:port")
+	conc := fs.Int("c", 16, "concurrent workers")
+	dur := fs.Duration("duration", 2*time.Second, "how long new connections are started")
+	from := fs.String("from", "", "comma-separated local addresses, one per connection in turn")
+	_ = fs.Parse(args)
+	srcs, err := addrList(*from)
+	if err != nil {
+		return nil, err
+	}
+	var turn atomic.Uint64
+	var ok, failed atomic.Int64
+	var mu sync.Mutex
+	var errs []string
+	var durs []time.Duration
+	start := time.Now()
+	deadline := start.Add(*dur)
+	var wg sync.WaitGroup
+	for range *conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				if err := echoOnce(*server, srcs[turn.Add(1)%uint64(len(srcs))]); err != nil {
+					failed.Add(1)
+					mu.Lock()
+					if len(errs) < 5 {
+						errs = append(errs, err.Error())
+					}
+					mu.Unlock()
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+				ok.Add(1)
+			}
+			mu.Lock()
+			durs = append(durs, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	return UnrelatedResult{Concurrency: *conc, OK: ok.Load(), Failed: failed.Load(), Seconds: secs,
+		PerSec: float64(ok.Load()) / secs, Conn: lat(durs), Errors: errs}, nil
+}
+
+var echoMsg = []byte("ping\r\n")
+
+// echoOnce is one unrelated connection; the client closes first.
+func echoOnce(server string, from netip.Addr) error {
+	d := net.Dialer{Timeout: opTimeout}
+	if from.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
+	}
+	c, err := d.Dial("tcp", server)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", server, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(opTimeout))
+	if _, err := c.Write(echoMsg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	var buf [16]byte
+	if _, err := io.ReadFull(c, buf[:len(echoMsg)]); err != nil {
+		return fmt.Errorf("read reply: %w", err)
+	}
+	return nil
 }
 
 // addrList parses a comma-separated address list; empty means one invalid address (any).
