@@ -93,6 +93,21 @@ func (r *Report) Markdown() string {
 	row("PORT sent → server's data connection p99 (µs)", "", func(x *Result) (float64, bool) { return ok(x.PinPORT.Total.P99) }, 0)
 	w("| failed sessions / connections | %s | %s | %s | | | 0 |", failures(fa), failures(kh), failures(pl))
 	w("")
+	var rounds []string
+	for _, x := range []*Result{fa, kh, pl} {
+		if x == nil || len(x.Unrelated.PerSecRound) == 0 {
+			continue
+		}
+		var v []string
+		for _, f := range x.Unrelated.PerSecRound {
+			v = append(v, fmt.Sprintf("%.0f", f))
+		}
+		rounds = append(rounds, fmt.Sprintf("%s %s", x.Setup, strings.Join(v, ", ")))
+	}
+	if len(rounds) > 0 {
+		w("Unrelated connections/s per round (the spread is the noise on the ratio): %s.", strings.Join(rounds, "; "))
+		w("")
+	}
 	if fa != nil && (fa.Idle != nil || len(fa.CPU) > 0) {
 		w("ftpalg's own cost (`/proc/<pid>/status`, `/proc/<pid>/stat` utime+stime at 100 Hz, packet counts from `ftpalg_packets_total`):")
 		w("")
