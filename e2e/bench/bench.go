@@ -222,6 +222,10 @@ type CtlCPU struct {
 	CPUSeconds     float64
 	Packets        float64
 	CPUPer1000Pkts float64 // ms
+	// Context switches of ftpalg's threads over the phase (/proc/<pid>/task/*/status), and
+	// per control packet; the metrics scrapes that bound the phase add a few.
+	Switches       float64
+	SwitchesPerPkt float64
 }
 
 // Result is everything measured for one setup.
@@ -356,19 +360,21 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		rounds = 1
 	}
 	rtts := make(map[*env][]RTT)
-	cpuRTT := make(map[*env][2]float64)
+	cpuRTT := make(map[*env][3]float64)
 	for r := range rounds {
 		phase(r, fmt.Sprintf("rtt round %d/%d (%d round trips)", r+1, rounds, opt.RTTCount/rounds), func(e *env) error {
 			cpu0, pk0 := e.cpuAndPackets(ctx)
+			sw0 := e.switches()
 			var x RTT
 			if err := e.peer(ctx, &x, "rtt", "-server", e.server.String(), "-n", strconv.Itoa(opt.RTTCount/rounds)); err != nil {
 				return err
 			}
 			rtts[e] = append(rtts[e], x)
 			if e.ftpalg != nil {
+				sw1 := e.switches()
 				cpu1, pk1 := e.cpuAndPackets(ctx)
 				c := cpuRTT[e]
-				cpuRTT[e] = [2]float64{c[0] + cpu1 - cpu0, c[1] + pk1 - pk0}
+				cpuRTT[e] = [3]float64{c[0] + cpu1 - cpu0, c[1] + pk1 - pk0, c[2] + sw1 - sw0}
 			}
 			return nil
 		})
@@ -376,7 +382,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	for _, e := range envs {
 		e.res.RTT = medianRTT(rtts[e])
 		if c, ok := cpuRTT[e]; ok {
-			e.res.CPU = append(e.res.CPU, ctlCPU("command round trips", c[0], c[1]))
+			e.res.CPU = append(e.res.CPU, ctlCPU("command round trips", c[0], c[1], c[2]))
 		}
 	}
 
@@ -396,12 +402,13 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 			"-size", strconv.FormatInt(opt.FileBytes, 10))
 	})
 
-	cpuSess := make(map[*env][2]float64)
+	cpuSess := make(map[*env][3]float64)
 	i := 3
 	for _, mode := range []string{"pasv", "port"} {
 		for _, c := range opt.Concurrency {
 			phase(i, fmt.Sprintf("sessions %s c=%d", mode, c), func(e *env) error {
 				cpu0, pk0 := e.cpuAndPackets(ctx)
+				sw0 := e.switches()
 				var s Sessions
 				if err := e.peer(ctx, &s, "sessions", "-server", e.server.String(), "-c", strconv.Itoa(c),
 					"-duration", opt.SessionDuration.String(), "-mode", mode, "-size", strconv.FormatInt(opt.TransferBytes, 10),
@@ -410,9 +417,10 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 				}
 				e.res.Sessions = append(e.res.Sessions, s)
 				if e.ftpalg != nil {
+					sw1 := e.switches()
 					cpu1, pk1 := e.cpuAndPackets(ctx)
 					x := cpuSess[e]
-					cpuSess[e] = [2]float64{x[0] + cpu1 - cpu0, x[1] + pk1 - pk0}
+					cpuSess[e] = [3]float64{x[0] + cpu1 - cpu0, x[1] + pk1 - pk0, x[2] + sw1 - sw0}
 				}
 				return nil
 			})
@@ -421,7 +429,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	for _, e := range envs {
 		if c, ok := cpuSess[e]; ok {
-			e.res.CPU = append(e.res.CPU, ctlCPU("sessions with one transfer", c[0], c[1]))
+			e.res.CPU = append(e.res.CPU, ctlCPU("sessions with one transfer", c[0], c[1], c[2]))
 			var n int64
 			for _, s := range e.res.Sessions {
 				n += s.OK
@@ -642,12 +650,38 @@ func upSetup(ctx context.Context, opt *Options, res *Result) (e *env, err error)
 	return e, nil
 }
 
-func ctlCPU(phase string, cpu, pkts float64) CtlCPU {
-	c := CtlCPU{Phase: phase, CPUSeconds: cpu, Packets: pkts}
+func ctlCPU(phase string, cpu, pkts, switches float64) CtlCPU {
+	c := CtlCPU{Phase: phase, CPUSeconds: cpu, Packets: pkts, Switches: switches}
 	if pkts > 0 {
 		c.CPUPer1000Pkts = cpu * 1e3 / pkts * 1e3
+		c.SwitchesPerPkt = switches / pkts
 	}
 	return c
+}
+
+// switches returns the context switches (voluntary and not) of ftpalg's threads so far: each
+// voluntary one is a thread that blocked and must be woken again, the cost a packet pays per
+// hand-off between the kernel's queue, the reader and the workers.
+func (e *env) switches() float64 {
+	if e.ftpalg == nil {
+		return 0
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", e.ftpalg.PID()))
+	var n float64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+				x, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				n += x
+			}
+		}
+	}
+	return n
 }
 
 // peer runs a benchpeer client subcommand in the client namespace and decodes its JSON.

@@ -123,6 +123,7 @@ func (r *Report) Markdown() string {
 		}
 		for _, c := range fa.CPU {
 			w("| CPU per 1,000 control packets (%s: %.0f packets, %.2f s) | %.1f ms | |", c.Phase, c.Packets, c.CPUSeconds, c.CPUPer1000Pkts)
+			w("| context switches of ftpalg's threads per control packet (%s: %.0f switches) | %.2f | |", c.Phase, c.Switches, c.SwitchesPerPkt)
 		}
 		if u := fa.Unrelated; u.OK > 0 {
 			w("| CPU over the unrelated connections (%d connections, utime+stime %.2f s) | %.2f ms per 1,000 | ≤ 1 ms |", u.OK, u.CPUSeconds, u.CPUPer1000Conn)
