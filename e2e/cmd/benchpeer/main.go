@@ -1125,8 +1125,7 @@ func cmdFlood(args []string) (any, error) {
 		want := int(time.Since(start)/tick+1) * perTick
 		buf = buf[:0]
 		for sent < want {
-			buf = append(buf, "PORT "...)
-			buf = append(buf, portArg(netip.AddrPortFrom(k.local, uint16(port)))...)
+			buf = append(buf, portArg(netip.AddrPortFrom(k.local, uint16(port)))...) // "PORT a,b,c,d,p1,p2"
 			buf = append(buf, "\r\n"...)
 			sent++
 			if port++; port > 65535 {
