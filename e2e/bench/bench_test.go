@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,6 +35,21 @@ func TestBenchShort(t *testing.T) {
 		t.Fatal(err)
 	}
 	opt.Logf = t.Logf
+	opt.LogDir = t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			// What ftpalg refused or could not do explains a failed session.
+			logs, _ := filepath.Glob(filepath.Join(opt.LogDir, "*"))
+			for _, f := range logs {
+				b, _ := os.ReadFile(f)
+				for line := range strings.Lines(string(b)) {
+					if strings.Contains(line, `"event":"rejected"`) || strings.Contains(line, `"event":"error"`) {
+						t.Logf("%s: %s", filepath.Base(f), strings.TrimSpace(line))
+					}
+				}
+			}
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, opt)
