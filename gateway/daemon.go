@@ -252,7 +252,7 @@ func (d *Daemon) onEvent(ctx context.Context, ev conntrack.Event, pins *pinholes
 			return
 		}
 		for _, w := range workers {
-			w.send(ctx, ctlMsg{kind: ctlFlowGone, orig: ev.Flow.Orig, zone: ev.Flow.Zone})
+			w.send(ctx, ctlMsg{kind: ctlFlowGone, orig: ev.Flow.Orig, zone: ev.Flow.Zone, id: ev.Flow.ID})
 		}
 	}
 }

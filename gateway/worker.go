@@ -113,7 +113,9 @@ type session struct {
 	// to carry it (read back after the first registration, or found set).
 	adj       [2]conntrack.SeqAdj
 	adjProven bool
-	midStream bool    // first seen without its SYN (a restart, a failover): rebuilt from conntrack
+	midStream bool   // first seen without its SYN (a restart, a failover): rebuilt from conntrack
+	isn       uint32 // the client's initial sequence number, when its SYN was seen (haveISN)
+	haveISN   bool
 	resumed   [2]bool // mid-stream: the first payload of the direction was seen
 	// verbLine and verbEnd: the partial line whose verb alone was released (see verbOnly),
 	// and where its argument starts.
@@ -150,6 +152,7 @@ type ctlMsg struct {
 	key  sessKey
 	orig conntrack.Tuple
 	zone uint16
+	id   uint32 // the conntrack entry's ID (0: unknown)
 }
 
 // pass is the packet being handled and what the worker learns of it on the way.
@@ -335,10 +338,21 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 		key.ifc = c.ifc
 	}
 	s := w.sessions[key]
-	if s != nil && !s.closedAt.IsZero() && c.pkt.SYN() && !c.pkt.ACK() && dir == alg.FromClient {
-		// A new connection on the 4-tuple of one that closed and still lingers.
-		w.removeSession(s, "closed")
-		s = nil
+	if s != nil && c.pkt.SYN() && !c.pkt.ACK() && dir == alg.FromClient {
+		// A client SYN on a known 4-tuple is a new connection unless it is the session's own
+		// SYN again (a retransmission or a late duplicate: the same initial sequence number).
+		// The old one closed and lingers, or ended in a way ftpalg did not see (an RST it
+		// judged blind, its end not yet reported by conntrack); either way conntrack
+		// accepted the SYN, so its entry is new: the old session's state (its sequence
+		// adjustment above all) must not be applied to it.
+		if !s.closedAt.IsZero() || !s.haveISN || s.isn != c.pkt.Seq() {
+			reason := "closed"
+			if s.closedAt.IsZero() {
+				reason = "reopened"
+			}
+			w.removeSession(s, reason)
+			s = nil
+		}
 	}
 	if s == nil {
 		if c.pkt.RST() {
@@ -362,6 +376,7 @@ func (w *worker) handle(p queue.Packet, now time.Time) {
 			delete(w.shakes, key)
 			if hs.haveC {
 				s.eng.Sync(alg.FromClient, hs.cISN)
+				s.isn, s.haveISN = hs.cISN, true
 			}
 			if hs.haveS {
 				s.eng.Sync(alg.FromServer, hs.sISN)
@@ -1025,6 +1040,11 @@ func (w *worker) control(m ctlMsg, now time.Time) {
 	case ctlFlowGone:
 		s := w.byOrig[origKey{m.orig, m.zone}]
 		if s == nil {
+			return
+		}
+		if m.id != 0 && s.flow.ID != 0 && m.id != s.flow.ID {
+			// The end of an earlier entry of the same 4-tuple (a TIME_WAIT entry the kernel
+			// killed when a new connection reused the tuple): not this session's.
 			return
 		}
 		if s.closedAt.IsZero() && s.adjProven && (!s.adj[0].IsZero() || !s.adj[1].IsZero()) {

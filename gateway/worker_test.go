@@ -1282,3 +1282,57 @@ func TestSessionsOverTheLimitAreUnqueued(t *testing.T) {
 		t.Errorf("SetLabel calls %v, want one with bit %d", h.k.labels, rules.DefaultSkipLabel)
 	}
 }
+
+// TestReopenedTupleGetsAFreshSession: a connection ends in a way ftpalg does not see (here a
+// blind-looking RST), and a new connection reuses the 4-tuple: its SYN replaces the old session,
+// whose sequence adjustment must not be applied to the new connection's entry.
+func TestReopenedTupleGetsAFreshSession(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.fromClient("PORT 192,0,2,10,4,1\r\n") // +2, registered
+	old := h.w.sessions[sessKey{client, server, 0, 0}]
+	// A retransmitted SYN of a live session changes nothing.
+	h.send(tcpPacket(t, client, server, clientISN, 0, true, false, ""))
+	if h.w.sessions[sessKey{client, server, 0, 0}] != old {
+		t.Fatal("a retransmitted SYN of the old connection replaced its session")
+	}
+	// The same 4-tuple, a new ISN: a new connection (conntrack made a fresh entry).
+	fresh := snatFlow
+	h.k.flows[conntrack.Tuple{Src: client, Dst: server}] = fresh
+	h2 := newHarness(t, nil)
+	h2.w, h2.q, h2.k, h2.logs = h.w, h.q, h.k, h.logs
+	h2.cseq, h2.sseq = 5000, 9000
+	h2.handshake()
+	if s := h.w.sessions[sessKey{client, server, 0, 0}]; s == old {
+		t.Fatal("the new connection's SYN went to the old session")
+	}
+	h2.fromServer("220 ready\r\n")
+	n := len(h.k.adjs)
+	seq := h2.cseq
+	h2.fromClient("PORT 192,0,2,10,4,1\r\n")
+	want := adjCall{conntrack.Original, conntrack.SeqAdj{Pos: seq, After: 2}, true}
+	if len(h.k.adjs) != n+1 || h.k.adjs[n] != want {
+		t.Errorf("the new connection's first resize registered %+v, want %+v (not built on the old one's)", h.k.adjs[n:], want)
+	}
+}
+
+// TestStaleDestroyEventIsIgnored: a new connection reuses a 4-tuple whose old conntrack entry
+// the kernel kills (TIME_WAIT reopened); that entry's destroy event, arriving after the new
+// session found its own entry, must not end the new session.
+func TestStaleDestroyEventIsIgnored(t *testing.T) {
+	h := newHarness(t, nil)
+	f := snatFlow
+	f.ID = 2
+	h.k.flows[conntrack.Tuple{Src: client, Dst: server}] = f
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	h.w.control(ctlMsg{kind: ctlFlowGone, orig: f.Orig, id: 1}, h.now) // the old entry's end
+	if len(h.w.sessions) != 1 {
+		t.Fatal("the old entry's destroy event ended the new session")
+	}
+	h.w.control(ctlMsg{kind: ctlFlowGone, orig: f.Orig, id: 2}, h.now)
+	if len(h.w.sessions) != 0 {
+		t.Error("the session's own entry's destroy event did not end it")
+	}
+}
