@@ -164,8 +164,10 @@ func TestSkipLabel(t *testing.T) {
 	}
 	// A queued segment is recorded before its verdict, so before its data can be read: the
 	// two data segments, had they been queued, are recorded by now.
-	if after := r.snapshot(); len(after) != before {
-		t.Errorf("%d segments queued after the label was set, want 0: %+v", len(after)-before, after[before:])
+	// (A pure ACK of the greeting may still be on its way when the label is set: only the
+	// data segments count.)
+	if after := r.snapshot(); count(after[before:], func(k queuedKind) bool { return k.payload > 0 }) != 0 {
+		t.Errorf("data segments queued after the label was set, want none: %+v", after[before:])
 	}
 	// Clearing the bit queues the connection again.
 	if err := ct.SetLabel(f, rules.DefaultSkipLabel, false); err != nil {
