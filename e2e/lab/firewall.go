@@ -20,16 +20,7 @@ func (l *Lab) Ruleset() string {
 	w := func(f string, args ...any) { fmt.Fprintf(&b, f+"\n", args...) }
 	w("table inet %s {", FirewallTable)
 	if l.cfg.KernelHelper {
-		w("\tct helper ftp-kernel {")
-		w("\t\ttype \"ftp\" protocol tcp")
-		w("\t\tl3proto inet")
-		w("\t}")
-		// At priority filter: the kernel assigns helpers before confirmation; at raw priority
-		// the ct object does not exist yet.
-		w("\tchain helpers {")
-		w("\t\ttype filter hook prerouting priority filter; policy accept;")
-		w("\t\ttcp dport 21 ct helper set \"ftp-kernel\"")
-		w("\t}")
+		kernelHelperRules(w)
 	}
 	w("\tchain dstnat {")
 	w("\t\ttype nat hook prerouting priority dstnat; policy accept;")
@@ -71,4 +62,19 @@ func (l *Lab) loadFirewall(ctx context.Context) error {
 		return fmt.Errorf("load router firewall: %w: %s", err, out)
 	}
 	return nil
+}
+
+// kernelHelperRules writes the kernel FTP helper's part of a lab router's table (the reference
+// setup, Config.KernelHelper): a ct helper object of type "ftp" set on tcp/21 at prerouting,
+// priority filter (the kernel assigns helpers before confirmation; at raw priority the ct
+// object does not exist yet).
+func kernelHelperRules(w func(string, ...any)) {
+	w("\tct helper ftp-kernel {")
+	w("\t\ttype \"ftp\" protocol tcp")
+	w("\t\tl3proto inet")
+	w("\t}")
+	w("\tchain helpers {")
+	w("\t\ttype filter hook prerouting priority filter; policy accept;")
+	w("\t\ttcp dport 21 ct helper set \"ftp-kernel\"")
+	w("\t}")
 }

@@ -146,14 +146,7 @@ func (h *HA) Active() Role {
 
 func (h *HA) build(ctx context.Context) error {
 	x := h.Plan
-	var adds []string
-	for _, r := range haRoles {
-		adds = append(adds, "netns add "+h.ns[r])
-	}
-	h.mu.Lock()
-	h.created = h.Namespaces()
-	h.mu.Unlock()
-	if err := h.ipBatch(ctx, "", adds); err != nil {
+	if err := h.addNamespaces(ctx, h.Namespaces()); err != nil {
 		return err
 	}
 	per := map[Role][]string{}
@@ -278,14 +271,7 @@ func (h *HA) Ruleset() string {
 	w := func(f string, args ...any) { fmt.Fprintf(&b, f+"\n", args...) }
 	w("table inet %s {", FirewallTable)
 	if h.cfg.KernelHelper {
-		w("\tct helper ftp-kernel {")
-		w("\t\ttype \"ftp\" protocol tcp")
-		w("\t\tl3proto inet")
-		w("\t}")
-		w("\tchain helpers {")
-		w("\t\ttype filter hook prerouting priority filter; policy accept;")
-		w("\t\ttcp dport 21 ct helper set \"ftp-kernel\"")
-		w("\t}")
+		kernelHelperRules(w)
 	}
 	// An empty NAT chain at prerouting: the kernel applies an expectation's NAT (the active
 	// data connection back to the client) only at hooks where a NAT chain exists.

@@ -249,15 +249,7 @@ type link struct {
 
 func (l *Lab) build(ctx context.Context) error {
 	x := l.Addrs
-	var adds []string
-	for _, r := range roles {
-		adds = append(adds, "netns add "+l.ns[r])
-	}
-	// Record the names before creating: a partial failure still deletes what exists.
-	l.mu.Lock()
-	l.created = l.Namespaces()
-	l.mu.Unlock()
-	if err := l.ipBatch(ctx, "", adds); err != nil {
+	if err := l.addNamespaces(ctx, l.Namespaces()); err != nil {
 		return err
 	}
 
@@ -358,6 +350,19 @@ func (l *Lab) build(ctx context.Context) error {
 	}
 	l.logf("lab %s up (%s addressing, kernel helper %v)", l.ns[Router], x.Name, l.cfg.KernelHelper)
 	return nil
+}
+
+// addNamespaces creates the namespaces names, recording them first so that a partial failure
+// still deletes what exists.
+func (l *Lab) addNamespaces(ctx context.Context, names []string) error {
+	adds := make([]string, len(names))
+	for i, n := range names {
+		adds[i] = "netns add " + n
+	}
+	l.mu.Lock()
+	l.created = names
+	l.mu.Unlock()
+	return l.ipBatch(ctx, "", adds)
 }
 
 // waitLinks waits until every link of the lab is operationally up. The kernel applies carrier

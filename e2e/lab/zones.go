@@ -104,14 +104,7 @@ func (z *ZonesLab) Namespaces() []string {
 
 func (z *ZonesLab) build(ctx context.Context) error {
 	x := z.Plan
-	var adds []string
-	for _, r := range zoneRoles {
-		adds = append(adds, "netns add "+z.ns[r])
-	}
-	z.mu.Lock()
-	z.created = z.Namespaces()
-	z.mu.Unlock()
-	if err := z.ipBatch(ctx, "", adds); err != nil {
+	if err := z.addNamespaces(ctx, z.Namespaces()); err != nil {
 		return err
 	}
 	per := map[Role][]string{}
@@ -180,14 +173,7 @@ func (z *ZonesLab) Ruleset() string {
 	w := func(f string, args ...any) { fmt.Fprintf(&b, f+"\n", args...) }
 	w("table inet %s {", FirewallTable)
 	if z.cfg.KernelHelper {
-		w("\tct helper ftp-kernel {")
-		w("\t\ttype \"ftp\" protocol tcp")
-		w("\t\tl3proto inet")
-		w("\t}")
-		w("\tchain helpers {")
-		w("\t\ttype filter hook prerouting priority filter; policy accept;")
-		w("\t\ttcp dport 21 ct helper set \"ftp-kernel\"")
-		w("\t}")
+		kernelHelperRules(w)
 	}
 	w("\tchain zone_prerouting {")
 	w("\t\ttype filter hook prerouting priority raw; policy accept;")
