@@ -311,6 +311,18 @@ func (w *worker) isPort(p uint16) bool {
 // handle is the per-packet path.
 func (w *worker) handle(p queue.Packet, now time.Time) {
 	defer func() { w.m.packetSeconds.Observe(time.Since(now).Seconds()) }()
+	// Control messages waiting (a pinhole used or gone, an entry destroyed) are taken first:
+	// the packet path holds the worker's mutex most of the time under load, and a session that
+	// fetches file after file would otherwise run into its pending-pinhole limit while the
+	// releases of pinholes already used wait their turn.
+	for drained := false; !drained; {
+		select {
+		case m := <-w.ctl:
+			w.control(m, now)
+		default:
+			drained = true
+		}
+	}
 	c := &w.cur
 	c.now, c.outDev, c.adjDirty = now, p.OutDev, false
 	c.edits, c.text = c.edits[:0], c.text[:0]

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"strings"
@@ -1334,5 +1335,28 @@ func TestStaleDestroyEventIsIgnored(t *testing.T) {
 	h.w.control(ctlMsg{kind: ctlFlowGone, orig: f.Orig, id: 2}, h.now)
 	if len(h.w.sessions) != 0 {
 		t.Error("the session's own entry's destroy event did not end it")
+	}
+}
+
+// TestPendingReleasesAreTakenBeforeThePacket: pinhole releases waiting in the control channel
+// are applied before the next packet, so a session fetching file after file does not hit its
+// pending limit while the releases wait for the worker's run loop.
+func TestPendingReleasesAreTakenBeforeThePacket(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake()
+	h.fromServer("220 ready\r\n")
+	for i := 0; i < 20; i++ {
+		h.fromClient("PASV\r\n")
+		h.fromServer(fmt.Sprintf("227 Entering Passive Mode (198,51,100,20,%d,%d).\r\n", 100+i/256, i%256))
+		// The data connection uses the pinhole: the event goroutine forgets it and queues a
+		// release for the worker.
+		dst := netip.AddrPortFrom(server.Addr(), uint16((100+i/256)<<8|i%256))
+		h.pins.used(conntrack.Flow{Orig: conntrack.Tuple{Src: netip.AddrPortFrom(client.Addr(), 50000), Dst: dst}, Master: &snatFlow.Orig})
+	}
+	if rej := h.events(evRejected); len(rej) != 0 {
+		t.Errorf("rejected while every pinhole was used: %v", rej)
+	}
+	if got := len(h.events(evPinholeOpen)); got != 20 {
+		t.Errorf("%d pinholes opened, want 20", got)
 	}
 }
