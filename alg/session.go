@@ -577,7 +577,11 @@ func (s *Session) decide(dec Decision, out []Decision) []Decision {
 	}
 	dec.Action = ActReject
 	dec.Loose = false
-	if dec.Reason == ReasonLimit || dec.Reason == ReasonUnsolicited || dec.Reason == ReasonUnpaired {
+	// A 227/229 that answers nothing is not acted on by the client: it passes as it is. A
+	// command or reply over the pending limit is a real PORT or PASV answer: neutralised like
+	// any refusal, so that the peer fails at once instead of waiting for a data connection no
+	// pinhole leads to (and no private address reaches it unrewritten).
+	if dec.Reason == ReasonUnsolicited || dec.Reason == ReasonUnpaired {
 		dec.Neutral, dec.NeutralWith = Span{}, ""
 	}
 	if dec.Reason == ReasonBadSyntax {

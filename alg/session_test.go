@@ -274,7 +274,7 @@ func TestSessionStream(t *testing.T) {
 			},
 			want: []string{
 				"open 227 server 198.51.100.20:5001 text=198,51,100,20,19,137",
-				"reject PORT client limit 192.0.2.10:1025 text=192,0,2,10,4,1",
+				"reject PORT client limit 192.0.2.10:1025 text=192,0,2,10,4,1 neutral=PORT>XXXX",
 			},
 			check: func(t *testing.T, s *Session) {
 				s.Release()
