@@ -9,12 +9,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/e2e/lab"
 )
 
@@ -63,10 +63,16 @@ func (f *rawFTP) reply() (int, string, error) { return f.replyWithin(10 * time.S
 
 func (f *rawFTP) replyWithin(d time.Duration) (int, string, error) {
 	_ = f.c.SetReadDeadline(time.Now().Add(d))
+	return readReply(f.r)
+}
+
+// readReply reads one FTP reply from r, a multi-line one (RFC 959 4.2: "123-" up to "123 ")
+// included, and returns its code and its lines as read.
+func readReply(r *bufio.Reader) (int, string, error) {
 	var all []string
 	first := ""
 	for {
-		line, err := f.r.ReadString('\n')
+		line, err := r.ReadString('\n')
 		if err != nil {
 			return 0, strings.Join(all, ""), err
 		}
@@ -152,20 +158,22 @@ func portArg(ap netip.AddrPort) string {
 	return fmt.Sprintf("%d,%d,%d,%d,%d,%d", b[0], b[1], b[2], b[3], ap.Port()>>8, ap.Port()&0xff)
 }
 
-var re227 = regexp.MustCompile(`\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)`)
+// endpointOf227 is the endpoint a 227 reply announces, parsed as ftpalg's engine parses it.
+func endpointOf227(text string) (netip.AddrPort, error) {
+	ep, _, _, err := alg.Parse227([]byte(text))
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("227 without an endpoint: %q: %w", text, err)
+	}
+	return ep, nil
+}
 
 func parse227(t *testing.T, text string) netip.AddrPort {
 	t.Helper()
-	m := re227.FindStringSubmatch(text)
-	if m == nil {
-		t.Fatalf("no address in %q", text)
+	ep, err := endpointOf227(text)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var n [6]byte
-	for i := range n {
-		v, _ := strconv.Atoi(m[i+1])
-		n[i] = byte(v)
-	}
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(n[:4])), uint16(n[4])<<8|uint16(n[5]))
+	return ep
 }
 
 func sha(b []byte) string {

@@ -509,15 +509,10 @@ func downloadWith(c *ctl, mode lab.Mode, mid func() error) error {
 		if err != nil {
 			return err
 		}
-		m := re227.FindStringSubmatch(text)
-		if m == nil {
-			return fmt.Errorf("no address in %q", text)
+		ap, err := endpointOf227(text)
+		if err != nil {
+			return err
 		}
-		var n [6]int
-		for i := range n {
-			n[i], _ = strconv.Atoi(m[i+1])
-		}
-		ap := netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(n[0]), byte(n[1]), byte(n[2]), byte(n[3])}), uint16(n[4]<<8|n[5]))
 		err = c.l.Do(c.role, func() error {
 			var err error
 			dl := net.Dialer{Timeout: 3 * time.Second, Control: smallRcvbuf}

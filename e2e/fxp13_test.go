@@ -98,11 +98,9 @@ func TestFXP(t *testing.T) {
 						if err != nil {
 							return fmt.Errorf("A: %w", err)
 						}
-						m := re227.FindStringSubmatch(text)
-						if m == nil {
-							return fmt.Errorf("A: 227 without an endpoint: %q", text)
+						if ep, err = endpointOf227(text); err != nil {
+							return fmt.Errorf("A: %w", err)
 						}
-						ep = parse227(t, text)
 						if _, err := fb.cmd("PORT "+portArg(ep), 200); err != nil {
 							return fmt.Errorf("B: %w", err)
 						}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -169,30 +168,11 @@ func (f *ftpc) send(s string) error {
 // read reads one reply (multi-line ones included) within d.
 func (f *ftpc) read(d time.Duration) (int, string, error) {
 	_ = f.c.SetReadDeadline(time.Now().Add(d))
-	var all []string
-	first := ""
-	for {
-		line, err := f.r.ReadString('\n')
-		if err != nil {
-			return 0, strings.Join(all, ""), fmt.Errorf("no reply: %w", err)
-		}
-		all = append(all, line)
-		if len(line) < 4 {
-			continue
-		}
-		if first == "" {
-			first = line[:3]
-			if line[3] != '-' {
-				break
-			}
-			continue
-		}
-		if line[:3] == first && line[3] == ' ' {
-			break
-		}
+	code, text, err := readReply(f.r)
+	if err != nil && text == "" {
+		return 0, "", fmt.Errorf("no reply: %w", err)
 	}
-	code, err := strconv.Atoi(first)
-	return code, strings.TrimSpace(strings.Join(all, "")), err
+	return code, strings.TrimSpace(text), err
 }
 
 // expect reads a reply and wants code.
@@ -258,16 +238,10 @@ func (f *ftpc) pasvGet(l *lab.Lab, from lab.Role, controlAddr bool, want string)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	m := re227.FindStringSubmatch(text)
-	if m == nil {
-		return netip.AddrPort{}, fmt.Errorf("227 without an endpoint: %q", text)
+	announced, err := endpointOf227(text)
+	if err != nil {
+		return netip.AddrPort{}, err
 	}
-	var n [6]byte
-	for i := range n {
-		v, _ := strconv.Atoi(m[i+1])
-		n[i] = byte(v)
-	}
-	announced := netip.AddrPortFrom(netip.AddrFrom4([4]byte(n[:4])), uint16(n[4])<<8|uint16(n[5]))
 	to := announced
 	if controlAddr {
 		to = netip.AddrPortFrom(netip.MustParseAddrPort(f.c.RemoteAddr().String()).Addr(), announced.Port())

@@ -106,15 +106,10 @@ func (c *ctl) retr(mode lab.Mode) error {
 		if err != nil {
 			return err
 		}
-		m := re227.FindStringSubmatch(text)
-		if m == nil {
-			return fmt.Errorf("no address in %q", text)
+		ap, err := endpointOf227(text)
+		if err != nil {
+			return err
 		}
-		var n [6]int
-		for i := range n {
-			n[i], _ = strconv.Atoi(m[i+1])
-		}
-		ap := netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(n[0]), byte(n[1]), byte(n[2]), byte(n[3])}), uint16(n[4]<<8|n[5]))
 		if data, err = dialFrom(c.l, c.role, ap, 3*time.Second); err != nil {
 			return fmt.Errorf("data connection to %s (227 %q): %w", ap, strings.TrimSpace(text), err)
 		}
