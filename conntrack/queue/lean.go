@@ -249,19 +249,11 @@ func (s *leanSock) wake() {
 	})
 }
 
-// loop reads and dispatches until stop is set. It runs on a locked OS thread, pinned to
-// cfg.CPU when asked. fn gets each packet; onErr each receive error and each verdict the
+// loop reads and dispatches until stop is set. It runs on a locked OS thread. fn gets each packet; onErr each receive error and each verdict the
 // kernel refused.
 func (s *leanSock) loop(cfg Config, fn func(Packet), onErr func(error)) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if cfg.PinCPU {
-		var set unix.CPUSet
-		set.Set(cfg.CPU)
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			onErr(fmt.Errorf("pin reader to CPU %d: %w", cfg.CPU, err))
-		}
-	}
 	for _, b := range s.pending {
 		if p, ok := parsePacket(b); ok {
 			fn(p)

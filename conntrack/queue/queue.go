@@ -4,8 +4,7 @@
 // # Read loops
 //
 // Two loops read the queue (Config.Loop). The default, LoopLean (lean.go), reads each
-// datagram with one blocking read(2) into a buffer it owns, on a locked OS thread (pinned to
-// a CPU when Config.PinCPU is set), parses the attributes in place and writes each verdict
+// datagram with one blocking read(2) into a buffer it owns, on a locked OS thread, parses the attributes in place and writes each verdict
 // with one write(2); it adds no allocation per packet or per verdict. LoopNfqueue is
 // go-nfqueue's loop: a MSG_PEEK receive and a second receive per datagram, each parking the
 // goroutine in the netpoller, and allocations per packet and per verdict. BENCHMARKS.md has
@@ -55,10 +54,6 @@ type Config struct {
 	FailOpen bool   // NfQaCfgFlagFailOpen: accept when the kernel queue is full
 	ReadBuf  int    // socket receive buffer bytes, default 8 MiB
 	Loop     Loop   // the read loop, default LoopLean
-	// PinCPU pins the lean loop's reader thread to CPU (with per-CPU queues: the CPU whose
-	// packets the queue receives). LoopNfqueue ignores it.
-	PinCPU bool
-	CPU    int
 }
 
 // Loop selects the read loop.
