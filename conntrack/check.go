@@ -670,21 +670,16 @@ func decodeDumpTuple(b []byte) (t Tuple, proto uint8, ok bool) {
 		switch typ {
 		case ctaTupleIP:
 			forEachAttr(v, func(typ uint16, v []byte) {
-				switch {
-				case (typ == ctaIPv4Src || typ == ctaIPv4Dst) && len(v) == 4:
-					a := netip.AddrFrom4([4]byte(v))
-					if typ == ctaIPv4Src {
-						src = a
-					} else {
-						dst = a
-					}
-				case (typ == ctaIPv6Src || typ == ctaIPv6Dst) && len(v) == 16:
-					a := netip.AddrFrom16([16]byte(v))
-					if typ == ctaIPv6Src {
-						src = a
-					} else {
-						dst = a
-					}
+				v4 := typ == ctaIPv4Src || typ == ctaIPv4Dst
+				v6 := typ == ctaIPv6Src || typ == ctaIPv6Dst
+				if !(v4 && len(v) == 4 || v6 && len(v) == 16) {
+					return
+				}
+				a, _ := netip.AddrFromSlice(v)
+				if typ == ctaIPv4Src || typ == ctaIPv6Src {
+					src = a
+				} else {
+					dst = a
 				}
 			})
 		case ctaTupleProto:

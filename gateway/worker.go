@@ -655,10 +655,7 @@ func (w *worker) dropHeld(s *session, dir alg.Dir) {
 	h := s.held[dir]
 	s.held[dir] = nil
 	w.unholdIfDone(s)
-	if err := w.q.Drop(h.id); err != nil {
-		w.m.queueErrors.Inc()
-	}
-	w.m.pDrop.Inc()
+	w.drop(h.id)
 }
 
 // releaseOne releases a held packet as it is (with the session's sequence adjustment).
