@@ -167,6 +167,15 @@ func endpointOf227(text string) (netip.AddrPort, error) {
 	return ep, nil
 }
 
+// portOf229 returns the port a 229 reply announces.
+func portOf229(text string) (uint16, error) {
+	p, _, _, _, err := alg.Parse229([]byte(text))
+	if err != nil {
+		return 0, fmt.Errorf("229 without a port: %q: %w", text, err)
+	}
+	return p, nil
+}
+
 func parse227(t *testing.T, text string) netip.AddrPort {
 	t.Helper()
 	ep, err := endpointOf227(text)

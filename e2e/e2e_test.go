@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,6 +58,23 @@ func goBuild(name, pkg string) (string, error) {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}
 	return out, nil
+}
+
+// toolBuilds holds one build of each e2e/cmd tool per test binary, by name (TestMain builds
+// only ftpalg and ftppeer; the others are built by the first test that needs them).
+var toolBuilds sync.Map // name -> func() (string, error)
+
+// requireTool returns the path of e2e/cmd/<name>, built once; a failed build fails the test.
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	build, _ := toolBuilds.LoadOrStore(name, sync.OnceValues(func() (string, error) {
+		return goBuild(name, "./e2e/cmd/"+name)
+	}))
+	bin, err := build.(func() (string, error))()
+	if err != nil {
+		t.Fatalf("build %s: %v", name, err)
+	}
+	return bin
 }
 
 // requireLab skips when the lab cannot run here (not root: the lab creates network

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -337,10 +336,7 @@ func failoverRun(t *testing.T, kind string) {
 		if err := resized.noop(5 * time.Second); err != nil {
 			return err
 		}
-		if err := resized.retr(lab.PORT); err != nil {
-			return err
-		}
-		return resized.retr(lab.PASV)
+		return resized.retrAll(lab.PORT, lab.PASV)
 	})
 	step("after-failover/pending-port-retr", resizedWant, func() error {
 		err := pendingRETR(pending, pendingLn)
@@ -353,17 +349,11 @@ func failoverRun(t *testing.T, kind string) {
 		if err := plain.noop(5 * time.Second); err != nil {
 			return err
 		}
-		if err := plain.retr(lab.PASV); err != nil {
-			return err
-		}
-		return plain.retr(lab.PORT)
+		return plain.retrAll(lab.PASV, lab.PORT)
 	})
 	step("after-failover/new-session", mustPass, func() error {
 		c := openCtl(t, h.Lab, lab.Client, x.Client, vs, x.Server)
-		if err := c.retr(lab.PORT); err != nil {
-			return err
-		}
-		return c.retr(lab.PASV)
+		return c.retrAll(lab.PORT, lab.PASV)
 	})
 
 	// Planned failback: router 1 comes back empty (rebooted), gets router 2's table by a
@@ -400,10 +390,7 @@ func failoverRun(t *testing.T, kind string) {
 			if err := s.noop(5 * time.Second); err != nil {
 				return err
 			}
-			if err := s.retr(lab.PORT); err != nil {
-				return err
-			}
-			return s.retr(lab.PASV)
+			return s.retrAll(lab.PORT, lab.PASV)
 		})
 	}
 	step("after-failback/new-session", mustPass, func() error {
@@ -460,7 +447,7 @@ func download(c *ctl, mode lab.Mode, typeFirst bool) error {
 	if typeFirst {
 		return c.retr(mode)
 	}
-	return downloadWith(c, mode, nil)
+	return c.transfer(mode, smallRcvbuf, nil)
 }
 
 // downloadAcross downloads pub/data.bin in mode (TYPE I first) and runs mid after the first
@@ -471,9 +458,10 @@ func downloadAcross(c *ctl, mode lab.Mode, mid func() error) error {
 	if _, err := c.want("TYPE I", 200, 5*time.Second); err != nil {
 		return err
 	}
-	return downloadWith(c, mode, mid)
+	return c.transfer(mode, smallRcvbuf, mid)
 }
 
+// smallRcvbuf shrinks a data socket's receive buffer to 8 KiB.
 func smallRcvbuf(_, _ string, rc syscall.RawConn) error {
 	var serr error
 	err := rc.Control(func(fd uintptr) {
@@ -483,86 +471,6 @@ func smallRcvbuf(_, _ string, rc syscall.RawConn) error {
 		return err
 	}
 	return serr
-}
-
-func downloadWith(c *ctl, mode lab.Mode, mid func() error) error {
-	var data net.Conn
-	var ln net.Listener
-	switch mode {
-	case lab.PORT:
-		err := c.l.Do(c.role, func() error {
-			var err error
-			lc := net.ListenConfig{Control: smallRcvbuf}
-			ln, err = lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(c.self, 0).String())
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		defer ln.Close()
-		lp := netip.MustParseAddrPort(ln.Addr().String())
-		if _, err := c.want("PORT "+portArg(lp), 200, 5*time.Second); err != nil {
-			return err
-		}
-	case lab.PASV:
-		text, err := c.want("PASV", 227, 5*time.Second)
-		if err != nil {
-			return err
-		}
-		ap, err := endpointOf227(text)
-		if err != nil {
-			return err
-		}
-		err = c.l.Do(c.role, func() error {
-			var err error
-			dl := net.Dialer{Timeout: 3 * time.Second, Control: smallRcvbuf}
-			data, err = dl.Dial("tcp", ap.String())
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("data connection to %s: %w", ap, err)
-		}
-	default:
-		return fmt.Errorf("mode %s not supported here", mode)
-	}
-	if _, err := c.want("RETR pub/"+lab.FileName, 150, 10*time.Second); err != nil {
-		if data != nil {
-			data.Close()
-		}
-		return err
-	}
-	if data == nil {
-		ln.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
-		var err error
-		if data, err = ln.Accept(); err != nil {
-			return fmt.Errorf("server never connected back: %w", err)
-		}
-	}
-	defer data.Close()
-	_ = data.SetDeadline(time.Now().Add(40 * time.Second))
-	var got []byte
-	if mid != nil {
-		got = make([]byte, 32<<10)
-		if _, err := io.ReadFull(data, got); err != nil {
-			return fmt.Errorf("first 32 KiB: %w", err)
-		}
-		if err := mid(); err != nil {
-			return err
-		}
-	}
-	rest, err := io.ReadAll(data)
-	got = append(got, rest...)
-	if err != nil {
-		return fmt.Errorf("read data (%d bytes so far): %w", len(got), err)
-	}
-	if s := sha(got); s != c.sha {
-		return fmt.Errorf("downloaded %d bytes, sha256 %s, want %s", len(got), s[:12], c.sha[:12])
-	}
-	code, text, err := c.replyWithin(10 * time.Second)
-	if err != nil || code != 226 {
-		return fmt.Errorf("after RETR: %d %q %v, want 226", code, text, err)
-	}
-	return nil
 }
 
 // flowsOf dumps a router's conntrack table (ctnetlink, in its namespace) and returns the
@@ -726,44 +634,12 @@ func pendingPORT(c *haSession) (*net.TCPListener, uint16, error) {
 	if _, err := c.want("TYPE I", 200, 5*time.Second); err != nil {
 		return nil, 0, err
 	}
-	var ln net.Listener
-	err := c.l.Do(c.role, func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(c.self, 0).String())
-		return err
-	})
+	_, ln, err := c.openData(lab.PORT, nil)
 	if err != nil {
 		return nil, 0, err
 	}
-	lp := netip.MustParseAddrPort(ln.Addr().String())
-	if _, err := c.want("PORT "+portArg(lp), 200, 5*time.Second); err != nil {
-		ln.Close()
-		return nil, 0, err
-	}
-	return ln.(*net.TCPListener), lp.Port(), nil
+	return ln, netip.MustParseAddrPort(ln.Addr().String()).Port(), nil
 }
 
 // pendingRETR completes the download whose PORT pendingPORT sent.
-func pendingRETR(c *haSession, ln *net.TCPListener) error {
-	if _, err := c.want("RETR pub/"+lab.FileName, 150, 10*time.Second); err != nil {
-		return err
-	}
-	data, err := acceptWithin(ln, 5*time.Second)
-	if err != nil {
-		return fmt.Errorf("server never connected back: %w", err)
-	}
-	defer data.Close()
-	_ = data.SetDeadline(time.Now().Add(15 * time.Second))
-	b, err := io.ReadAll(data)
-	if err != nil {
-		return fmt.Errorf("read data: %w", err)
-	}
-	if got := sha(b); got != c.sha {
-		return fmt.Errorf("downloaded %d bytes, sha256 %s, want %s", len(b), got[:12], c.sha[:12])
-	}
-	code, text, err := c.replyWithin(10 * time.Second)
-	if err != nil || code != 226 {
-		return fmt.Errorf("after RETR: %d %q %v, want 226", code, text, err)
-	}
-	return nil
-}
+func pendingRETR(c *haSession, ln *net.TCPListener) error { return c.fetchData(nil, ln, nil) }

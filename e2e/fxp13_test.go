@@ -5,15 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/ftpalg/ftpalg/e2e/lab"
 )
-
-var re229port = regexp.MustCompile(`\(\|\|\|(\d+)\|\)`)
 
 // TestFXP: a server-to-server transfer (RFC 959 figure 2) driven by the inside client through
 // SNAT. Server A (vsftpd on osrv, pasv_promiscuous) is told PASV (or EPSV) and STOR; server B
@@ -83,12 +79,11 @@ func TestFXP(t *testing.T) {
 						if err != nil {
 							return fmt.Errorf("A: %w", err)
 						}
-						m := re229port.FindStringSubmatch(text)
-						if m == nil {
-							return fmt.Errorf("A: 229 without a port: %q", text)
+						p, err := portOf229(text)
+						if err != nil {
+							return fmt.Errorf("A: %w", err)
 						}
-						p, _ := strconv.Atoi(m[1])
-						ep = netip.AddrPortFrom(srvA.Addr, uint16(p))
+						ep = netip.AddrPortFrom(srvA.Addr, p)
 						_, err = fb.cmd(fmt.Sprintf("EPRT |1|%s|%d|", ep.Addr(), ep.Port()), 200)
 						if err != nil {
 							return fmt.Errorf("B: %w", err)

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,22 +20,6 @@ import (
 // addresses of one IPv6 /64 and then from random IPv4 addresses, as fast as a raw socket
 // sends them (e2e/cmd/spray). ftpalg must stay small, keep inspecting the real client's
 // sessions right after, and open nothing for a spoofed source.
-
-var (
-	sprayOnce sync.Once
-	sprayBin  string
-	sprayErr  error
-)
-
-// requireSpray builds e2e/cmd/spray once.
-func requireSpray(t *testing.T) string {
-	t.Helper()
-	sprayOnce.Do(func() { sprayBin, sprayErr = goBuild("spray", "./e2e/cmd/spray") })
-	if sprayErr != nil {
-		t.Fatalf("build spray: %v", sprayErr)
-	}
-	return sprayBin
-}
 
 // sprayTable is a table of the test's own in the router. It counts the spoofed packets that
 // reach the router, and drops what the router would forward to a spoofed inside address (SYN-
@@ -154,8 +137,8 @@ func TestHostileLoad(t *testing.T) {
 	// make the timing of the tests beside it (and the fail-open share here) a matter of luck.
 	requireLab(t)
 	requireFtpalg(t)
-	peer := requireBenchpeer(t)
-	spray := requireSpray(t)
+	peer := requireTool(t, "benchpeer")
+	spray := requireTool(t, "spray")
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
 	const metricsAddr = "127.0.0.1:9122"

@@ -5,17 +5,10 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ftpalg/ftpalg/e2e/lab"
-)
-
-var (
-	impairOnce sync.Once
-	impairBin  string
-	impairErr  error
 )
 
 // TestImpairedPath: duplicated, reordered and lost segments over real TCP, both ways, with
@@ -29,10 +22,7 @@ func TestImpairedPath(t *testing.T) {
 	t.Parallel()
 	requireLab(t)
 	requireFtpalg(t)
-	impairOnce.Do(func() { impairBin, impairErr = goBuild("impair", "./e2e/cmd/impair") })
-	if impairErr != nil {
-		t.Fatalf("build impair: %v", impairErr)
-	}
+	impairBin := requireTool(t, "impair")
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
 	d := startFtpalg(t, l, nil)

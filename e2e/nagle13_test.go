@@ -35,10 +35,7 @@ const delayedACK = 40 * time.Millisecond
 func TestNagle(t *testing.T) {
 	t.Parallel()
 	requireLab(t)
-	impairOnce.Do(func() { impairBin, impairErr = goBuild("impair", "./e2e/cmd/impair") })
-	if impairErr != nil {
-		t.Fatalf("build impair: %v", impairErr)
-	}
+	requireTool(t, "impair") // built before the subtests run in parallel
 	runSetups(t, "Nagle", func(t *testing.T, s setup13, res *results) {
 		l := newLab(t, lab.Config{Addrs: lab.Grow(), KernelHelper: s.helper})
 		x := l.Addrs
@@ -164,7 +161,7 @@ func delayClient(t *testing.T, l *lab.Lab, r lab.Role, delay time.Duration) {
 	t.Helper()
 	out, errOut := &lab.SyncBuffer{}, &lab.SyncBuffer{}
 	const num = "73"
-	p, err := l.Start(r, out, errOut, impairBin, "-queue", num, "-loss", "0", "-dup", "0",
+	p, err := l.Start(r, out, errOut, requireTool(t, "impair"), "-queue", num, "-loss", "0", "-dup", "0",
 		"-reorder", "1", "-delay", delay.String(), "-jitter", "0")
 	if err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ func TestQueueOverflow(t *testing.T) {
 	t.Parallel()
 	requireLab(t)
 	requireFtpalg(t)
-	bin := requireBenchpeer(t)
+	bin := requireTool(t, "benchpeer")
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
 	const metricsAddr = "127.0.0.1:9122"

@@ -11,15 +11,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/e2e/lab"
 )
 
@@ -67,66 +66,102 @@ func (c *ctl) want(line string, code int, d time.Duration) (string, error) {
 	return text, nil
 }
 
-var re229 = regexp.MustCompile(`\((.)(.)(.)(\d+)(.)\)`)
-
 // retr downloads pub/data.bin over a data connection in the given mode and checks it.
 func (c *ctl) retr(mode lab.Mode) error {
 	if _, err := c.want("TYPE I", 200, 5*time.Second); err != nil {
 		return err
 	}
-	var data net.Conn
-	var ln net.Listener
+	return c.transfer(mode, nil, nil)
+}
+
+// retrAll runs retr in each mode in turn, up to the first failure.
+func (c *ctl) retrAll(modes ...lab.Mode) error {
+	for _, m := range modes {
+		if err := c.retr(m); err != nil {
+			return fmt.Errorf("%s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// transfer opens a data connection in mode (PORT, EPRT, PASV or EPSV), downloads
+// pub/data.bin over it and checks the file and the 226. control, when set, configures the
+// client's data socket; mid, when set, runs once the first 32 KiB have arrived, with the
+// rest still to come.
+func (c *ctl) transfer(mode lab.Mode, control func(network, address string, rc syscall.RawConn) error, mid func() error) error {
+	data, ln, err := c.openData(mode, control)
+	if err != nil {
+		return err
+	}
+	return c.fetchData(data, ln, mid)
+}
+
+// openData prepares a data connection in mode: for PORT and EPRT it returns the listener the
+// server is told to connect to, for PASV and EPSV the connection already dialled.
+func (c *ctl) openData(mode lab.Mode, control func(network, address string, rc syscall.RawConn) error) (net.Conn, *net.TCPListener, error) {
 	switch mode {
 	case lab.PORT, lab.EPRT:
+		var ln net.Listener
 		err := c.l.Do(c.role, func() error {
 			var err error
-			ln, err = net.Listen("tcp", netip.AddrPortFrom(c.self, 0).String())
+			lc := net.ListenConfig{Control: control}
+			ln, err = lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(c.self, 0).String())
 			return err
 		})
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		defer ln.Close()
 		lp := netip.MustParseAddrPort(ln.Addr().String())
 		var line string
 		if mode == lab.PORT {
 			line = "PORT " + portArg(lp)
 		} else {
-			af := 1
-			if lp.Addr().Is6() {
-				af = 2
-			}
-			line = fmt.Sprintf("EPRT |%d|%s|%d|", af, lp.Addr(), lp.Port())
+			line = string(alg.AppendEPRT([]byte("EPRT "), lp, '|'))
 		}
 		if _, err := c.want(line, 200, 5*time.Second); err != nil {
-			return err
+			ln.Close()
+			return nil, nil, err
 		}
-	case lab.PASV:
-		text, err := c.want("PASV", 227, 5*time.Second)
+		return nil, ln.(*net.TCPListener), nil
+	case lab.PASV, lab.EPSV:
+		var text string
+		var ap netip.AddrPort
+		var err error
+		if mode == lab.PASV {
+			if text, err = c.want("PASV", 227, 5*time.Second); err == nil {
+				ap, err = endpointOf227(text)
+			}
+		} else {
+			var p uint16
+			if text, err = c.want("EPSV", 229, 5*time.Second); err == nil {
+				p, err = portOf229(text)
+				ap = netip.AddrPortFrom(c.srv, p)
+			}
+		}
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		ap, err := endpointOf227(text)
+		var data net.Conn
+		err = c.l.Do(c.role, func() error {
+			var err error
+			dl := net.Dialer{Timeout: 3 * time.Second, Control: control}
+			data, err = dl.Dial("tcp", ap.String())
+			return err
+		})
 		if err != nil {
-			return err
+			return nil, nil, fmt.Errorf("data connection to %s (%s %q): %w", ap, mode, strings.TrimSpace(text), err)
 		}
-		if data, err = dialFrom(c.l, c.role, ap, 3*time.Second); err != nil {
-			return fmt.Errorf("data connection to %s (227 %q): %w", ap, strings.TrimSpace(text), err)
-		}
-	case lab.EPSV:
-		text, err := c.want("EPSV", 229, 5*time.Second)
-		if err != nil {
-			return err
-		}
-		m := re229.FindStringSubmatch(text)
-		if m == nil {
-			return fmt.Errorf("no port in %q", text)
-		}
-		p, _ := strconv.Atoi(m[4])
-		ap := netip.AddrPortFrom(c.srv, uint16(p))
-		if data, err = dialFrom(c.l, c.role, ap, 3*time.Second); err != nil {
-			return fmt.Errorf("data connection to %s (229 %q): %w", ap, strings.TrimSpace(text), err)
-		}
+		return data, nil, nil
+	}
+	return nil, nil, fmt.Errorf("mode %s not supported here", mode)
+}
+
+// fetchData sends RETR pub/data.bin and downloads it over data, or, when data is nil, over
+// the connection the server opens to ln (which it closes); then it checks the file and the
+// 226. mid, when set, runs once the first 32 KiB have arrived.
+func (c *ctl) fetchData(data net.Conn, ln *net.TCPListener, mid func() error) error {
+	if ln != nil {
+		defer ln.Close()
 	}
 	if _, err := c.want("RETR pub/"+lab.FileName, 150, 10*time.Second); err != nil {
 		if data != nil {
@@ -135,20 +170,34 @@ func (c *ctl) retr(mode lab.Mode) error {
 		return err
 	}
 	if data == nil {
-		ln.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
 		var err error
-		if data, err = ln.Accept(); err != nil {
+		if data, err = acceptWithin(ln, 5*time.Second); err != nil {
 			return fmt.Errorf("server never connected back: %w", err)
 		}
 	}
-	_ = data.SetDeadline(time.Now().Add(15 * time.Second))
-	b, err := io.ReadAll(data)
-	data.Close()
-	if err != nil {
-		return fmt.Errorf("read data: %w", err)
+	defer data.Close()
+	deadline := 15 * time.Second
+	if mid != nil {
+		deadline = 40 * time.Second // mid may wait out a failover
 	}
-	if got := sha(b); got != c.sha {
-		return fmt.Errorf("downloaded %d bytes, sha256 %s, want %s", len(b), got[:12], c.sha[:12])
+	_ = data.SetDeadline(time.Now().Add(deadline))
+	var got []byte
+	if mid != nil {
+		got = make([]byte, 32<<10)
+		if _, err := io.ReadFull(data, got); err != nil {
+			return fmt.Errorf("first 32 KiB: %w", err)
+		}
+		if err := mid(); err != nil {
+			return err
+		}
+	}
+	rest, err := io.ReadAll(data)
+	got = append(got, rest...)
+	if err != nil {
+		return fmt.Errorf("read data (%d bytes so far): %w", len(got), err)
+	}
+	if s := sha(got); s != c.sha {
+		return fmt.Errorf("downloaded %d bytes, sha256 %s, want %s", len(got), s[:12], c.sha[:12])
 	}
 	code, text, err := c.replyWithin(10 * time.Second)
 	if err != nil || code != 226 {
@@ -778,12 +827,6 @@ func dribble(t *testing.T, l *lab.Lab, d *lab.Daemon, vs *lab.FTPServer, role la
 	}
 }
 
-var (
-	benchpeerOnce sync.Once
-	benchpeerBin  string
-	benchpeerErr  error
-)
-
 // startBenchpeerServe runs benchpeer's cheap FTP server (220, then an answer to every command)
 // on ap in the outside client's namespace and waits until it listens.
 func startBenchpeerServe(t *testing.T, l *lab.Lab, bin string, ap netip.AddrPort) netip.AddrPort {
@@ -796,17 +839,6 @@ func startBenchpeerServe(t *testing.T, l *lab.Lab, bin string, ap netip.AddrPort
 		t.Fatalf("benchpeer serve: %v (%s)", err, out.String())
 	}
 	return ap
-}
-
-// requireBenchpeer builds e2e/cmd/benchpeer once (TestMain builds only ftpalg and ftppeer): its
-// cheap FTP server (serve), idle session holder (idle) and PORT flood (flood).
-func requireBenchpeer(t *testing.T) string {
-	t.Helper()
-	benchpeerOnce.Do(func() { benchpeerBin, benchpeerErr = goBuild("benchpeer", "./e2e/cmd/benchpeer") })
-	if benchpeerErr != nil {
-		t.Fatalf("build benchpeer: %v", benchpeerErr)
-	}
-	return benchpeerBin
 }
 
 // rssSampler records the peak VmRSS of pid until stopped.
@@ -866,7 +898,7 @@ func TestFloods(t *testing.T) {
 	t.Parallel()
 	requireLab(t)
 	requireFtpalg(t)
-	bin := requireBenchpeer(t)
+	bin := requireTool(t, "benchpeer")
 	l := newLab(t, lab.Config{Addrs: lab.Grow()})
 	x := l.Addrs
 	const metricsAddr = "127.0.0.1:9121"

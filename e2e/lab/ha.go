@@ -167,22 +167,8 @@ func (h *HA) build(ctx context.Context) error {
 		{Client, "eth0", Switch, "p-client", "brlan"},
 		{OutsideServer, "eth0", Switch, "p-osrv", "brwan"},
 	}
-	veths := map[Role][]string{}
-	for _, k := range links {
-		veths[k.a] = append(veths[k.a], fmt.Sprintf("link add %s type veth peer name %s netns %s", k.aName, k.bName, h.ns[k.b]))
-		add(k.a, "link set %s up", k.aName)
-		if k.br != "" {
-			add(k.b, "link set %s master %s", k.bName, k.br)
-		}
-		add(k.b, "link set %s up", k.bName)
-	}
-	for _, r := range []Role{Router1, Router2, Client, OutsideServer} {
-		if len(veths[r]) == 0 {
-			continue
-		}
-		if err := h.ipBatch(ctx, h.ns[r], veths[r]); err != nil {
-			return err
-		}
+	if err := h.wire(ctx, links, add); err != nil {
+		return err
 	}
 	for _, r := range h.Routers() {
 		add(r, "addr add %s/24 dev lan", x.Lan[r])

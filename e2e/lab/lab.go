@@ -247,6 +247,31 @@ type link struct {
 	br    string // bridge in the switch namespace for the b end ("" when b is not the switch)
 }
 
+// wire creates the veth pairs of links, each from its a side straight into b's namespace
+// (one ip batch per a side, in the order the links name them), and queues through add the
+// commands that put b ends on their bridge and bring both ends up.
+func (l *Lab) wire(ctx context.Context, links []link, add func(r Role, f string, args ...any)) error {
+	veths := map[Role][]string{}
+	var order []Role
+	for _, k := range links {
+		if _, ok := veths[k.a]; !ok {
+			order = append(order, k.a)
+		}
+		veths[k.a] = append(veths[k.a], fmt.Sprintf("link add %s type veth peer name %s netns %s", k.aName, k.bName, l.ns[k.b]))
+		add(k.a, "link set %s up", k.aName)
+		if k.br != "" {
+			add(k.b, "link set %s master %s", k.bName, k.br)
+		}
+		add(k.b, "link set %s up", k.bName)
+	}
+	for _, r := range order {
+		if err := l.ipBatch(ctx, l.ns[r], veths[r]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (l *Lab) build(ctx context.Context) error {
 	x := l.Addrs
 	if err := l.addNamespaces(ctx, l.Namespaces()); err != nil {
@@ -273,23 +298,8 @@ func (l *Lab) build(ctx context.Context) error {
 	add(Switch, "link add brwan type bridge stp_state 0 mcast_snooping 0")
 	add(Switch, "link set brlan up")
 	add(Switch, "link set brwan up")
-	// Veth pairs are created from the a side straight into b's namespace.
-	var vethCmds = map[Role][]string{}
-	for _, k := range links {
-		vethCmds[k.a] = append(vethCmds[k.a], fmt.Sprintf("link add %s type veth peer name %s netns %s", k.aName, k.bName, l.ns[k.b]))
-		add(k.a, "link set %s up", k.aName)
-		if k.br != "" {
-			add(k.b, "link set %s master %s", k.bName, k.br)
-		}
-		add(k.b, "link set %s up", k.bName)
-	}
-	for _, r := range []Role{Router, Client, InsideServer, InsideGo, OutsideServer, OutsideGo, OutsideClient} {
-		if len(vethCmds[r]) == 0 {
-			continue
-		}
-		if err := l.ipBatch(ctx, l.ns[r], vethCmds[r]); err != nil {
-			return err
-		}
+	if err := l.wire(ctx, links, add); err != nil {
+		return err
 	}
 
 	bits := func(p netip.Prefix) int { return p.Bits() }
