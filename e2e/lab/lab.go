@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -25,6 +26,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/ftpalg/ftpalg/internal/nssweep"
 )
 
 // Role names one host of the lab; each role is one network namespace.
@@ -182,29 +185,11 @@ func New(ctx context.Context, cfg Config) (*Lab, error) {
 var sweepOnce sync.Once
 
 // sweepStale deletes the namespaces of labs whose process died without closing them (a
-// SIGKILL, or go test's timeout panic, which runs no cleanup): named fe2e-<pid>-..., that
-// process gone, and no process left inside. It ends no process.
-func sweepStale() {
-	ents, err := os.ReadDir("/run/netns")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		f := strings.SplitN(e.Name(), "-", 3)
-		if len(f) != 3 || f[0] != "fe2e" {
-			continue
-		}
-		pid, err := strconv.Atoi(f[1])
-		if err != nil || pid == os.Getpid() || syscall.Kill(pid, 0) == nil || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
-			continue // not ours to judge, or its process lives
-		}
-		out, err := exec.Command("ip", "netns", "pids", e.Name()).Output()
-		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
-			continue
-		}
-		exec.Command("ip", "netns", "del", e.Name()).Run()
-	}
-}
+// SIGKILL, or go test's timeout panic, which runs no cleanup), named fe2e-<pid>-..., and
+// ends the lab processes left running in them.
+func sweepStale() { nssweep.Stale(staleLab) }
+
+var staleLab = regexp.MustCompile(`^fe2e-(\d+)-`)
 
 // NS returns the namespace name of a role.
 func (l *Lab) NS(r Role) string { return l.ns[r] }

@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/ftpalg/ftpalg/internal/nssweep"
 )
 
 // RequireRoot skips the test when not running as root, saying what root is needed for.
@@ -25,6 +29,14 @@ func RequireRoot(t testing.TB, why string) {
 
 var seq atomic.Int32
 
+// staleNS matches New's names; the group is the creating process's PID. sweepOnce removes,
+// before the first namespace of a test binary, those of test binaries that died without
+// cleaning up.
+var (
+	staleNS   = regexp.MustCompile(`^ftpalg-[a-z0-9]+-(\d+)-\d+$`)
+	sweepOnce sync.Once
+)
+
 // NS is a named network namespace of a test.
 type NS struct {
 	Name string
@@ -34,6 +46,7 @@ type NS struct {
 // New creates a namespace with lo up, removed when the test ends.
 func New(t testing.TB, tag string) *NS {
 	t.Helper()
+	sweepOnce.Do(func() { nssweep.Stale(staleNS) })
 	name := fmt.Sprintf("ftpalg-%s-%d-%d", tag, os.Getpid(), seq.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
